@@ -1,0 +1,80 @@
+"""Pure-torch CroPA attention backends: ``reference``, ``sdpa``, ``flex`` and ``structured``.
+
+Each takes q, k, v of shape (B, H, N, d), N = n_leads·T, tokens lead-major (index = lead·T + slot),
+and returns (B, H, N, d) in the input dtype. Token (l, t) attends (l', t') iff l == l' or t == t'.
+Inputs are validated once, in :func:`ecg_jepa.ops.cropa.cropa_attention`.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..model.masks import cropa_mask
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
+    """Materialized (N, N) scores, the boolean CroPA mask, softmax (in fp32), then P @ V."""
+    n_slots = q.shape[-2] // n_leads
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~cropa_mask(n_leads, n_slots, q.device), float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` with the dense boolean CroPA mask."""
+    mask = cropa_mask(n_leads, q.shape[-2] // n_leads, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _flex_block_mask(n_leads: int, n_slots: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def cropa_mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx // n_slots == kv_idx // n_slots) | (q_idx % n_slots == kv_idx % n_slots)
+
+    n = n_leads * n_slots
+    return create_block_mask(cropa_mask_mod, None, None, n, n, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
+    """FlexAttention with a CroPA ``mask_mod``: compiled on CUDA; on the CPU eager (unfused, forward only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = _flex_block_mask(n_leads, q.shape[-2] // n_leads, str(q.device))
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+
+
+def structured(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
+    """Row + column form, never materializing (N, N).
+
+    Intra-lead scores (B, H, L, T, T) and inter-lead scores (B, H, L, T, L) (the self key, already in
+    the intra-lead part, excluded) share one softmax over their T + L keys. Plain autograd, so the
+    gradients are those of the joint softmax (merging two separate softmaxes by their log-sum-exp gives
+    the right forward and wrong gradients).
+    """
+    b, h, n, d = q.shape
+    n_slots = n // n_leads
+    qs, ks, vs = (x.reshape(b, h, n_leads, n_slots, d) for x in (q, k, v))
+    row = torch.einsum("bhltd,bhlsd->bhlts", qs, ks)  # keys: same lead, every slot
+    col = torch.einsum("bhltd,bhmtd->bhltm", qs, ks)  # keys: same slot, every lead
+    self_key = torch.eye(n_leads, dtype=torch.bool, device=q.device)[:, None, :]  # (L, 1, L): m == l
+    col = col.masked_fill(self_key, float("-inf"))
+    probs = torch.softmax(torch.cat([row, col], dim=-1).float() * scale, dim=-1).to(q.dtype)
+    p_row, p_col = probs.split([n_slots, n_leads], dim=-1)
+    out = torch.einsum("bhlts,bhlsd->bhltd", p_row, vs) + torch.einsum("bhltm,bhmtd->bhltd", p_col, vs)
+    return out.reshape(b, h, n, d)

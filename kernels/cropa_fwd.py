@@ -1,0 +1,89 @@
+"""Fused CroPA attention forward (Triton).
+
+One program handles BLOCK_M query slots of one (batch, head, lead). Each query (l, t) sees the T keys
+of its own lead (the "row" part, a FlashAttention inner loop over key blocks with ``tl.dot``) and the
+L - 1 keys (m, t), m != l, of its own slot (the "column" part: one key per query row, so an elementwise
+product and a row sum per lead m). Both parts share one online softmax; the (N, N) score matrix is never
+formed. Output: O (B, H, N, d) and the merged natural-log LSE (B, H, N) fp32 for the backward.
+
+Layout: every tensor is (B, H, N, d) with unit stride along d and N = L·T lead-major.
+"""
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+"""Host side: the kernels take ``qk_scale = scale·log2(e)`` and work in base 2."""
+
+
+@triton.jit
+def cropa_fwd_kernel(
+    Q, K, V, O, LSE,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    H, L, T, D, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bhl = tl.program_id(1)
+    lead = pid_bhl % L
+    bh = pid_bhl // L
+    b = bh // H
+    h = bh % H
+
+    offs_t = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    d_ok = offs_d < D
+    q_base = Q + b * sqb + h * sqh
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+
+    q = tl.load(q_base + (lead * T + offs_t)[:, None] * sqn + offs_d[None, :],
+                mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    # Row part first: key slot 0 is in the first block, so m_i is finite afterwards for every row.
+    for start in range(0, T, BLOCK_N):
+        offs_s = start + tl.arange(0, BLOCK_N)
+        s_ok = offs_s < T
+        kv_mask = s_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + (lead * T + offs_s)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + (lead * T + offs_s)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(s_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # Column part: key (m, t) for every other lead m.
+    qf = q.to(tl.float32)
+    tile_mask = t_ok[:, None] & d_ok[None, :]
+    for m in range(0, L):
+        rows = (m * T + offs_t)[:, None]
+        kc = tl.load(k_base + rows * skn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        vc = tl.load(v_base + rows * svn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        s = tl.sum(qf * kc, 1) * qk_scale
+        s = tl.where(t_ok & (m != lead), s, float("-inf"))
+        m_new = tl.maximum(m_i, s)
+        p = tl.exp2(s - m_new)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * vc
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    o_ptrs = O + b * sob + h * soh + (lead * T + offs_t)[:, None] * son + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=tile_mask)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log
+    tl.store(LSE + bh * L * T + lead * T + offs_t, lse, mask=t_ok)
