@@ -62,3 +62,21 @@ def check_slot_mask(mask: torch.Tensor, batch: int, n_slots: int = N_SLOTS) -> t
     if int(hidden[0]) == n_slots:
         raise ValueError("mask hides every time slot; keep at least one visible")
     return mask
+
+
+def slot_indices(mask: torch.Tensor, hidden: bool) -> torch.Tensor:
+    """(1 or B, 50) bool mask -> (1 or B, k) long: each row's hidden (or visible) slots, ascending.
+    Rows must select equally many slots (see :func:`check_slot_mask`)."""
+    chosen = mask if hidden else ~mask
+    count = int(chosen[0].sum())
+    # A stable descending sort puts the chosen slots first, still in ascending order.
+    return torch.sort(chosen.int(), dim=1, descending=True, stable=True).indices[:, :count]
+
+
+def take_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B or 1, L, 50, C), idx (1 or B, k) -> (B, L, k, C): the given slots of every lead."""
+    if idx.shape[0] == 1:
+        return x[:, :, idx[0]]
+    b = idx.shape[0]
+    x = x.expand(b, -1, -1, -1)
+    return x.gather(2, idx[:, None, :, None].expand(b, x.shape[1], -1, x.shape[-1]))

@@ -24,8 +24,9 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, s
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` with the dense boolean CroPA mask."""
-    mask = cropa_mask(n_leads, q.shape[-2] // n_leads, q.device)
+    """``F.scaled_dot_product_attention`` with the dense boolean CroPA mask (none for one lead, where
+    CroPA is full attention)."""
+    mask = None if n_leads == 1 else cropa_mask(n_leads, q.shape[-2] // n_leads, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 

@@ -128,12 +128,14 @@ def explain_backend(
     v = q if v is None else v
     _check_inputs(q, k, v, n_leads)
     needs_grad = _needs_grad(q, k, v)
-    chosen = _select(q, needs_grad, backend)
+    chosen = _select(q, needs_grad, backend, n_leads)
     order = PRIORITY[_device_kind(q)]
     lines = [
         f"CroPA attention on {q.device}, {q.dtype}, shape {tuple(q.shape)}, n_leads={n_leads}, "
         f"grad={'yes' if needs_grad else 'no'}: backend={backend!r} -> {chosen!r}"
     ]
+    if backend == "auto" and n_leads == 1:
+        lines.append("  (n_leads=1: CroPA is full attention, so auto runs sdpa without a mask)")
     for name in (*order, *(b for b in BACKENDS if b not in order)):
         reason = BACKENDS[name].why_not(q, needs_grad)
         if name == chosen:
@@ -148,8 +150,10 @@ def explain_backend(
     return "\n".join(lines)
 
 
-def _select(q: torch.Tensor, needs_grad: bool, backend: str) -> str:
+def _select(q: torch.Tensor, needs_grad: bool, backend: str, n_leads: int) -> str:
     if backend == "auto":
+        if n_leads == 1 and BACKENDS["sdpa"].why_not(q, needs_grad) is None:
+            return "sdpa"  # one lead: CroPA is full attention, and sdpa runs it unmasked (flash kernels)
         for name in PRIORITY[_device_kind(q)]:
             if BACKENDS[name].why_not(q, needs_grad) is None:
                 return name
@@ -186,5 +190,5 @@ def cropa_attention(
         (B, H, N, d) in q's dtype: softmax attention where token (l, t) attends (l', t') iff l == l' or t == t'.
     """
     _check_inputs(q, k, v, n_leads)
-    name = _select(q, _needs_grad(q, k, v), backend)
+    name = _select(q, _needs_grad(q, k, v), backend, n_leads)
     return BACKENDS[name].run(q, k, v, n_leads, q.shape[-1] ** -0.5 if scale is None else float(scale))

@@ -1,0 +1,25 @@
+"""ECG-JEPA: self-supervised representation learning for 12-lead ECGs with fused CroPA attention.
+
+Public API: the model (:class:`Encoder`, :class:`EncoderConfig`, :class:`JEPA`, :func:`load_encoder`,
+:data:`LEADS`) and the ops (:func:`cropa_attention`, :class:`CroPAAttention`, :func:`explain_backend`).
+"""
+from .constants import LEADS
+from .model.attention import CroPAAttention
+from .model.checkpoint import load_encoder, save_encoder
+from .model.encoder import Encoder, EncoderConfig
+from .model.jepa import JEPA, PRESETS
+from .ops.cropa import cropa_attention, explain_backend
+
+__all__ = [
+    "LEADS",
+    "CroPAAttention",
+    "Encoder",
+    "EncoderConfig",
+    "JEPA",
+    "PRESETS",
+    "cropa_attention",
+    "explain_backend",
+    "load_encoder",
+    "save_encoder",
+]
+__version__ = "0.1.0"

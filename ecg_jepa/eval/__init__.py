@@ -1,0 +1,1 @@
+"""Downstream use of a pretrained encoder: embeddings and linear probes."""

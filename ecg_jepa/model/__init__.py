@@ -1,0 +1,1 @@
+"""The ECG-JEPA model: encoder, predictor, JEPA wrapper, masks, position table, checkpoints."""

@@ -1,0 +1,132 @@
+"""Encoder checkpoints: our own format and the original ECG-JEPA release format.
+
+Original release (facts): ``torch.save({'encoder': state_dict, 'epoch': int})``, the student encoder only,
+float32 on CPU; keys ``pos_embed`` (400, D), ``W_P.{weight,bias}``, ``norm.{weight,bias}`` and
+``encoder_blocks.blocks.{i}.{norm1,norm2,attn.qkv,attn.proj,mlp.fc1,mlp.fc2}.*`` (no qkv bias).
+Ours: ``{'format': FORMAT, 'config': EncoderConfig.to_dict(), 'encoder': state_dict}``.
+Both load with ``weights_only=True``: no arbitrary objects are ever unpickled.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_write
+from ..constants import LEADS, N_SLOTS, PATCH
+from .encoder import Encoder, EncoderConfig
+
+FORMAT = "ecg-jepa-encoder/1"
+PAPER_HEAD_DIM = 48
+_BLOCK_KEY = re.compile(r"^encoder_blocks\.blocks\.(\d+)\.")
+
+
+def save_encoder(encoder: Encoder, path: str | os.PathLike) -> Path:
+    """Write ``encoder`` atomically in our format (config + state dict)."""
+    payload = {"format": FORMAT, "config": encoder.config.to_dict(), "encoder": encoder.state_dict()}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def parse_leads(leads: Sequence[str | int]) -> tuple[int, ...]:
+    """Lead names (case-insensitive) or indices into :data:`LEADS` -> indices, in the given order."""
+    upper = [name.upper() for name in LEADS]
+    out = []
+    for lead in leads:
+        if isinstance(lead, str):
+            if lead.upper() not in upper:
+                raise ValueError(f"unknown lead {lead!r}; the encoder knows {', '.join(LEADS)}")
+            out.append(upper.index(lead.upper()))
+        else:
+            out.append(int(lead))
+    return tuple(out)
+
+
+def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> EncoderConfig:
+    """Architecture of an original-format encoder state dict, from its tensor shapes. Heads are not in
+    the shapes: ``num_heads`` if given, else width / 48 (the paper's head dim)."""
+    for key in ("W_P.weight", "pos_embed", "encoder_blocks.blocks.0.mlp.fc1.weight"):
+        if key not in state:
+            raise ValueError(f"not an ECG-JEPA encoder state dict: key {key!r} is missing")
+    dim, patch = state["W_P.weight"].shape
+    if patch != PATCH:
+        raise ValueError(f"W_P.weight has shape {tuple(state['W_P.weight'].shape)}: patches must be {PATCH} samples")
+    if state["pos_embed"].shape != (len(LEADS) * N_SLOTS, dim):
+        raise ValueError(
+            f"pos_embed has shape {tuple(state['pos_embed'].shape)}, expected ({len(LEADS) * N_SLOTS}, {dim}) "
+            f"for {len(LEADS)} leads x {N_SLOTS} slots"
+        )
+    depth = 1 + max(int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k)))
+    if num_heads is None:
+        if dim % PAPER_HEAD_DIM:
+            raise ValueError(f"cannot infer heads for width {dim} (not a multiple of {PAPER_HEAD_DIM}); pass num_heads=")
+        num_heads = dim // PAPER_HEAD_DIM
+    hidden = state["encoder_blocks.blocks.0.mlp.fc1.weight"].shape[0]
+    return EncoderConfig(
+        dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=hidden / dim,
+        qkv_bias="encoder_blocks.blocks.0.attn.qkv.bias" in state,
+    )
+
+
+def _read(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, or holds objects other than tensors and plain "
+            f"containers, which are never unpickled): {str(e).splitlines()[0]}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = encoder.state_dict()
+    for key in expected:
+        if key not in state:
+            raise ValueError(f"{source}: missing key {key!r} (expected for {encoder.config})")
+    for key in state:
+        if key not in expected:
+            raise ValueError(f"{source}: unexpected key {key!r}; it matches no part of {encoder.config}")
+        if state[key].shape != expected[key].shape:
+            raise ValueError(
+                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(expected[key].shape)}"
+            )
+    encoder.load_state_dict(state, strict=True)
+
+
+def load_encoder(
+    path: str | os.PathLike,
+    leads: Sequence[str | int] | None = None,
+    *,
+    num_heads: int | None = None,
+    attn_backend: str = "auto",
+) -> Encoder:
+    """Load an encoder (eval mode) from our checkpoints or the original ECG-JEPA release format.
+
+    leads: names or indices of :data:`LEADS`, any order (e.g. ``["V6", "I", "V2"]``): a reduced-lead model
+    whose inputs have len(leads) channels in that order; position rows and the CroPA rule follow them.
+    num_heads: for original-format files, when the width is not 48 per head.
+    """
+    obj = _read(path)
+    if obj.get("format") == FORMAT or "config" in obj:
+        state = obj["encoder"]
+        config = EncoderConfig(**obj["config"])
+    else:
+        state = obj.get("encoder", obj)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: 'encoder' holds a {type(state).__name__}, not a state dict")
+        config = infer_config(state, num_heads)
+    if leads is not None:
+        config.leads = parse_leads(leads)
+    config.attn_backend = attn_backend
+    encoder = Encoder(EncoderConfig(**config.to_dict()))
+    _load_strict(encoder, state, str(path))
+    return encoder.eval()

@@ -1,0 +1,73 @@
+"""ECG-JEPA: student encoder, EMA teacher and per-lead predictor."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constants import N_SLOTS
+from .encoder import Encoder, EncoderConfig
+from .masks import check_slot_mask, slot_indices, take_slots
+from .predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An encoder configuration and its predictor's width, depth and heads."""
+
+    encoder: EncoderConfig
+    pred_dim: int
+    pred_depth: int
+    pred_heads: int
+
+
+PRESETS: dict[str, Preset] = {
+    # The paper: ViT-B encoder (head dim 48), predictor 384 wide, 6 deep, 12 heads.
+    "vit-b": Preset(EncoderConfig(dim=768, depth=12, num_heads=16), 384, 6, 12),
+    # Small enough to pretrain for a few minutes on 2 CPU cores.
+    "tiny": Preset(EncoderConfig(dim=64, depth=2, num_heads=4), 32, 1, 2),
+}
+
+
+class JEPA(nn.Module):
+    """Student (``encoder``), EMA teacher (``target_encoder``, no gradients) and ``predictor``.
+
+    ``loss(x, mask)``: x (B, L, 2500), mask (50,) or (B, 50) bool, True = hidden. The teacher encodes the
+    whole ECG; its tokens (after the encoder's final LayerNorm) get a non-affine LayerNorm and are taken at
+    the hidden slots of every lead. The student encodes the visible slots; the predictor predicts the hidden
+    ones lead by lead. SmoothL1 (beta 1, mean) between the two.
+    """
+
+    def __init__(self, preset: Preset | str = "vit-b", **encoder_overrides) -> None:
+        super().__init__()
+        preset = PRESETS[preset] if isinstance(preset, str) else preset
+        config = EncoderConfig(**{**preset.encoder.to_dict(), **encoder_overrides})
+        self.encoder = Encoder(config)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_encoder.requires_grad_(False)
+        self.predictor = Predictor(
+            config.dim, preset.pred_dim, preset.pred_depth, preset.pred_heads, config.mlp_ratio,
+            attn_backend=config.attn_backend,
+        )
+
+    def loss(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n_leads = x.shape[:2]
+        mask = check_slot_mask(mask.to(x.device), b)
+        with torch.no_grad():
+            h = self.target_encoder(x)  # (B, L·50, D)
+            h = F.layer_norm(h, h.shape[-1:]).reshape(b, n_leads, N_SLOTS, -1)
+            targets = take_slots(h, slot_indices(mask, hidden=True)).flatten(1, 2)
+        z = self.encoder(x, mask=mask)
+        pred = self.predictor(z, mask, n_leads)
+        return F.smooth_l1_loss(pred, targets, beta=1.0)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum · teacher + (1 - momentum) · student."""
+        student = list(self.encoder.parameters())
+        teacher = list(self.target_encoder.parameters())
+        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+

@@ -1,0 +1,1 @@
+"""Pretraining: the loop, its schedules and checkpoints."""
