@@ -15,12 +15,18 @@ import torch.nn.functional as F
 from ..model.masks import cropa_mask
 
 
+def _softmax(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Softmax over the last dim, computed in at least fp32, returned in ``dtype``."""
+    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.softmax(scores.to(wide), dim=-1).to(dtype)
+
+
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
-    """Materialized (N, N) scores, the boolean CroPA mask, softmax (in fp32), then P @ V."""
+    """Materialized (N, N) scores, the boolean CroPA mask, softmax (fp32 for 16-bit inputs), then P @ V."""
     n_slots = q.shape[-2] // n_leads
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~cropa_mask(n_leads, n_slots, q.device), float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+    return _softmax(scores, q.dtype) @ v
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
@@ -75,7 +81,7 @@ def structured(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, 
     col = torch.einsum("bhltd,bhmtd->bhltm", qs, ks)  # keys: same slot, every lead
     self_key = torch.eye(n_leads, dtype=torch.bool, device=q.device)[:, None, :]  # (L, 1, L): m == l
     col = col.masked_fill(self_key, float("-inf"))
-    probs = torch.softmax(torch.cat([row, col], dim=-1).float() * scale, dim=-1).to(q.dtype)
+    probs = _softmax(torch.cat([row, col], dim=-1) * scale, q.dtype)
     p_row, p_col = probs.split([n_slots, n_leads], dim=-1)
     out = torch.einsum("bhlts,bhlsd->bhltd", p_row, vs) + torch.einsum("bhltm,bhmtd->bhltd", p_col, vs)
     return out.reshape(b, h, n, d)

@@ -1,0 +1,183 @@
+"""CroPA attention: every backend against a float64 dense-mask reference, forward and gradients."""
+import pytest
+import torch
+
+from ecg_jepa import CroPAAttention, cropa_attention, explain_backend
+from ecg_jepa.model.masks import cropa_mask
+from ecg_jepa.ops._triton_backend import cropa_triton_bwd, cropa_triton_fwd
+
+TORCH_BACKENDS = ["sdpa", "structured"]
+# (n_leads, T, d): every required value of each, in combinations the interpreter runs in seconds.
+TRITON_SHAPES = [(1, 7, 16), (2, 50, 48), (8, 7, 64), (12, 1, 128), (8, 50, 48), (12, 7, 24), (1, 50, 128), (2, 1, 64)]
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+
+def oracle(q, k, v, n_leads, scale=None):
+    """float64 attention from first principles: explicit (l, t) ids, masked softmax."""
+    q, k, v = q.double(), k.double(), v.double()
+    n = q.shape[-2]
+    t = n // n_leads
+    ids = torch.arange(n)
+    allowed = (ids[:, None] // t == ids[None, :] // t) | (ids[:, None] % t == ids[None, :] % t)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    return s.softmax(-1) @ v
+
+
+def run(backend, q, k, v, n_leads, grad_out=None):
+    """Output and, when grad_out is given, (dq, dk, dv) of one backend."""
+    q, k, v = (x.detach().clone().requires_grad_(grad_out is not None) for x in (q, k, v))
+    out = cropa_attention(q, k, v, n_leads, backend=backend)
+    if grad_out is None:
+        return out.detach(), ()
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), (q.grad, k.grad, v.grad)
+
+
+def inputs(b, h, n_leads, t, d, dtype):
+    return [torch.randn(b, h, n_leads * t, d).to(dtype) for _ in range(3)]
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def check_against_oracle(backend, n_leads, t, d, dtype, with_grad=True, b=2, h=2):
+    q, k, v = inputs(b, h, n_leads, t, d, dtype)
+    g = torch.randn(b, h, n_leads * t, d)
+    ref_out, ref_grads = run("reference", q.double(), k.double(), v.double(), n_leads, g.double() if with_grad else None)
+    assert max_err(ref_out, oracle(q, k, v, n_leads)) < 1e-12
+    out, grads = run(backend, q, k, v, n_leads, g if with_grad else None)
+    assert out.dtype == dtype and out.shape == q.shape
+    if dtype == torch.float32:
+        bounds = [1e-5] * 4
+    else:  # FlashAttention convention: within 2x of the same-precision plain reference, plus a small atol
+        base_out, base_grads = run("reference", q, k, v, n_leads, g if with_grad else None)
+        bounds = [2 * max_err(base_out, ref_out) + 1e-3] + [
+            2 * max_err(a, r) + 1e-3 for a, r in zip(base_grads, ref_grads)
+        ]
+    assert max_err(out, ref_out) <= bounds[0], f"{backend} forward"
+    for name, a, r, bound in zip(("dq", "dk", "dv"), grads, ref_grads, bounds[1:]):
+        assert max_err(a, r) <= bound, f"{backend} {name}: {max_err(a, r):.2e} > {bound:.2e}"
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+@pytest.mark.parametrize("n_leads", [1, 2, 8, 12])
+@pytest.mark.parametrize("t", [1, 7, 50])
+@pytest.mark.parametrize("d", [16, 48, 64, 128])
+def test_torch_backends_fp32(seed, backend, n_leads, t, d):
+    check_against_oracle(backend, n_leads, t, d, torch.float32, b=1, h=2)
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("n_leads,t,d", [(8, 50, 48), (12, 7, 16), (1, 7, 64)])
+def test_torch_backends_low_precision(seed, backend, dtype, n_leads, t, d):
+    check_against_oracle(backend, n_leads, t, d, dtype)
+
+
+@pytest.mark.parametrize("n_leads,t,d", [(1, 7, 16), (8, 50, 48), (12, 1, 128), (2, 7, 24)])
+def test_flex_forward(seed, n_leads, t, d):
+    check_against_oracle("flex", n_leads, t, d, torch.float32, with_grad=False)
+
+
+def test_flex_refuses_cpu_backward():
+    q = torch.randn(1, 1, 16, 16, requires_grad=True)
+    with pytest.raises(ValueError, match="no backward on the CPU"):
+        cropa_attention(q, q, q, 4, backend="flex")
+
+
+@pytest.mark.parametrize("n_leads,t,d", TRITON_SHAPES)
+def test_triton_fp32(seed, n_leads, t, d):
+    check_against_oracle("triton", n_leads, t, d, torch.float32, b=1, h=2)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("n_leads,t,d", [(8, 50, 48), (12, 7, 16)])
+def test_triton_low_precision(seed, dtype, n_leads, t, d):
+    check_against_oracle("triton", n_leads, t, d, dtype, b=1, h=2)
+
+
+def test_triton_noncontiguous_inputs(seed):
+    """q, k, v as the attention module makes them: strided views of one qkv projection."""
+    b, n_leads, t, h, d = 2, 3, 5, 2, 16
+    qkv = torch.randn(b, n_leads * t, 3, h, d).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    assert not q.is_contiguous()
+    g = torch.randn(b, h, n_leads * t, d)
+    out, grads = run("triton", q, k, v, n_leads, g)
+    ref_out, ref_grads = run("reference", q.double(), k.double(), v.double(), n_leads, g.double())
+    assert max_err(out, ref_out) < 1e-5
+    assert all(max_err(a, r) < 1e-5 for a, r in zip(grads, ref_grads))
+
+
+def test_triton_lse_is_merged_logsumexp(seed):
+    q, k, v = inputs(1, 2, 4, 6, 16, torch.float32)
+    _, lse = cropa_triton_fwd(q, k, v, 4, 0.25)
+    scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~cropa_mask(4, 6), float("-inf"))
+    assert max_err(lse, scores.logsumexp(-1)) < 1e-5
+
+
+def test_triton_custom_ops_pass_opcheck(seed):
+    q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    torch.library.opcheck(cropa_triton_fwd, (q, k, v, 3, 0.25))
+    out, lse = cropa_triton_fwd(q, k, v, 3, 0.25)
+    torch.library.opcheck(cropa_triton_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, 3, 0.25))
+
+
+def test_torch_compile_traces_triton_op_fullgraph(seed):
+    q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
+    fn = torch.compile(lambda q, k, v: cropa_attention(q, k, v, 3, backend="triton"), fullgraph=True, backend="aot_eager")
+    assert max_err(fn(q, k, v), oracle(q, k, v, 3)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["structured", "triton"])
+def test_module_drops_into_a_model_unchanged(seed, backend):
+    attn = CroPAAttention(32, 2, backend="reference")
+    x = torch.randn(2, 8 * 6, 32)
+    expected = attn(x, 8)
+    attn.backend = backend
+    assert max_err(attn(x, 8), expected) < 1e-5
+
+
+def test_auto_explains_its_choice_on_cpu():
+    q = torch.randn(1, 2, 16, 16)
+    report = explain_backend(q, n_leads=4)
+    assert "-> 'structured'" in report
+    assert "cuda" in report and "not part of this build" in report
+    assert "-> 'sdpa'" in explain_backend(q, n_leads=1)  # one lead is full attention
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        cropa_attention(q, q, q, 2, backend="triton")
+
+
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        (((1, 1, 8, 16), (1, 1, 9, 16), (1, 1, 8, 16), 2), ValueError, "same shape"),
+        (((1, 1, 9, 16), (1, 1, 9, 16), (1, 1, 9, 16), 2), ValueError, "multiple of n_leads"),
+        (((1, 8, 16), (1, 8, 16), (1, 8, 16), 2), ValueError, r"\(B, H, N, d\)"),
+        (((1, 1, 8, 16), (1, 1, 8, 16), (1, 1, 8, 16), 0), ValueError, "n_leads"),
+    ],
+)
+def test_bad_shapes(args, error, match):
+    q, k, v = (torch.randn(s) for s in args[:3])
+    with pytest.raises(error, match=match):
+        cropa_attention(q, k, v, args[3])
+
+
+def test_bad_dtypes_and_backend_names():
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(TypeError, match="share a dtype"):
+        cropa_attention(q, q.half(), q, 2)
+    with pytest.raises(TypeError, match="float32, float16, bfloat16"):
+        cropa_attention(q.int(), q.int(), q.int(), 2)
+    with pytest.raises(ValueError, match="unknown CroPA backend"):
+        cropa_attention(q, q, q, 2, backend="fast")
+    with pytest.raises(ValueError, match="float64 is for the pure-torch"):
+        cropa_attention(q.double(), q.double(), q.double(), 2, backend="triton")
