@@ -54,6 +54,17 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    md, stem = run(quick=args.quick, device=args.device, out=args.out, budget=args.budget)
+    print(md)
+    print(f"results: {stem}.{{json,csv,md,png}}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecg-jepa",
@@ -99,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=48)
     p.add_argument("--grad", action="store_true", help="inputs require grad (training)")
     p.set_defaults(func=_backends)
+
+    p = sub.add_parser(
+        "bench",
+        help="check parity, then time every backend; write JSON, CSV, Markdown and a PNG",
+        description="Benchmark suite: every CroPA backend (and unmasked dense SDPA, the speed of light of dense "
+        "attention), one encoder block and one training step, ours vs the reference. Parity with a float64 "
+        "reference is checked first; a backend that fails it is never timed. See benchmarks/README.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="tiny shapes and short timing: a smoke check")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 1, quick 0.05)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the result files")
+    p.set_defaults(func=_bench)
     return parser
 
 
