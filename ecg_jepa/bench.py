@@ -290,7 +290,7 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "bench
     text = table(rows, ceil)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench-{dev.type}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = out / f"bench-{dev.type}{'-quick' if quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     records = [{**asdict(r), "fwd": r.fwd and asdict(r.fwd), "fwd_bwd": r.fwd_bwd and asdict(r.fwd_bwd)} for r in rows]
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": records}, indent=1))
     with open(stem.with_suffix(".csv"), "w", newline="") as f:

@@ -177,7 +177,7 @@ def test_bad_dtypes_and_backend_names():
         cropa_attention(q, q.half(), q, 2)
     with pytest.raises(TypeError, match="float32, float16, bfloat16"):
         cropa_attention(q.int(), q.int(), q.int(), 2)
-    with pytest.raises(ValueError, match="unknown CroPA backend"):
+    with pytest.raises(ValueError, match="unknown CroPA attention backend"):
         cropa_attention(q, q, q, 2, backend="fast")
     with pytest.raises(ValueError, match="float64 is for the pure-torch"):
         cropa_attention(q.double(), q.double(), q.double(), 2, backend="triton")

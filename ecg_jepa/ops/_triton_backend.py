@@ -7,17 +7,12 @@ run on CPU tensors (tests), otherwise on CUDA tensors.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
+from .dispatch import interpreter_active
+
 LOG2E = 1.4426950408889634
-
-
-def interpreter_active() -> bool:
-    """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _launch_config(n_slots: int, head_dim: int, dtype: torch.dtype) -> dict:

@@ -2,31 +2,17 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from . import _torch_backends
+from .dispatch import (
+    Backend, Dispatcher, can_always, cuda_ext_why_not, needs_grad, triton_why_not,
+)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: pure-torch backends
 _MAX_FUSED_HEAD_DIM = 128
-_HAS_TRITON = importlib.util.find_spec("triton") is not None  # looks, does not import
 _HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A CroPA implementation: ``run(q, k, v, n_leads, scale)`` and ``why_not(q, needs_grad)``, which
-    returns None when it can run on these inputs, else the reason it cannot."""
-
-    name: str
-    run: Callable[..., torch.Tensor]
-    why_not: Callable[[torch.Tensor, bool], str | None]
-
-
-def _always(q: torch.Tensor, needs_grad: bool) -> str | None:
-    return None
 
 
 def _flex_why_not(q: torch.Tensor, needs_grad: bool) -> str | None:
@@ -38,19 +24,10 @@ def _flex_why_not(q: torch.Tensor, needs_grad: bool) -> str | None:
 
 
 def _triton_why_not(q: torch.Tensor, needs_grad: bool) -> str | None:
-    if not _HAS_TRITON:
-        return "triton is not installed"
-    from ._triton_backend import interpreter_active
-
-    if not q.is_cuda and not interpreter_active():
-        return f"needs CUDA tensors, got {q.device} (set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter)"
-    if q.dtype == torch.float64:
-        return "float64 is for the pure-torch backends"
-    if q.shape[-1] > _MAX_FUSED_HEAD_DIM:
-        return f"head dim {q.shape[-1]} > {_MAX_FUSED_HEAD_DIM}"
-    if q.is_cuda and q.dtype == torch.bfloat16 and torch.cuda.get_device_capability(q.device) < (8, 0):
-        return "bf16 needs compute capability ≥ 8.0"
-    return None
+    reason = triton_why_not(q, needs_grad)
+    if reason is None and q.shape[-1] > _MAX_FUSED_HEAD_DIM:
+        reason = f"head dim {q.shape[-1]} > {_MAX_FUSED_HEAD_DIM}"
+    return reason
 
 
 def _triton_run(q, k, v, n_leads, scale):
@@ -59,23 +36,19 @@ def _triton_run(q, k, v, n_leads, scale):
     return triton_attention(q, k, v, n_leads, scale)
 
 
-def _cuda_why_not(q: torch.Tensor, needs_grad: bool) -> str | None:
-    return "the CUDA C++ extension (ecg_jepa._C) is not part of this build yet"
-
-
 def _cuda_run(q, k, v, n_leads, scale):
-    raise NotImplementedError(_cuda_why_not(q, False))
+    raise NotImplementedError(cuda_ext_why_not(q, False))
 
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("reference", _torch_backends.reference, _always),
-        Backend("sdpa", _torch_backends.sdpa, _always),
+        Backend("reference", _torch_backends.reference, can_always),
+        Backend("sdpa", _torch_backends.sdpa, can_always),
         Backend("flex", _torch_backends.flex, _flex_why_not),
-        Backend("structured", _torch_backends.structured, _always),
+        Backend("structured", _torch_backends.structured, can_always),
         Backend("triton", _triton_run, _triton_why_not),
-        Backend("cuda", _cuda_run, _cuda_why_not),
+        Backend("cuda", _cuda_run, cuda_ext_why_not),
     )
 }
 
@@ -84,6 +57,7 @@ PRIORITY = {
     "cuda": ("cuda", "triton", "flex", "sdpa", "structured", "reference"),
     "cpu": ("structured", "sdpa", "reference"),
 }
+DISPATCH = Dispatcher("CroPA attention", BACKENDS, PRIORITY)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int) -> None:
@@ -110,14 +84,6 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: in
         )
 
 
-def _device_kind(q: torch.Tensor) -> str:
-    return "cuda" if q.is_cuda else "cpu"
-
-
-def _needs_grad(*xs: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
-
-
 def explain_backend(
     q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, n_leads: int = 8,
     backend: str = "auto",
@@ -127,43 +93,18 @@ def explain_backend(
     k = q if k is None else k
     v = q if v is None else v
     _check_inputs(q, k, v, n_leads)
-    needs_grad = _needs_grad(q, k, v)
-    chosen = _select(q, needs_grad, backend, n_leads)
-    order = PRIORITY[_device_kind(q)]
-    lines = [
-        f"CroPA attention on {q.device}, {q.dtype}, shape {tuple(q.shape)}, n_leads={n_leads}, "
-        f"grad={'yes' if needs_grad else 'no'}: backend={backend!r} -> {chosen!r}"
-    ]
+    grad = needs_grad(q, k, v)
+    chosen = _select(q, grad, backend, n_leads)
+    text = DISPATCH.explain(q, grad, backend, chosen, f"shape {tuple(q.shape)}, n_leads={n_leads}")
     if backend == "auto" and n_leads == 1:
-        lines.append("  (n_leads=1: CroPA is full attention, so auto runs sdpa without a mask)")
-    for name in (*order, *(b for b in BACKENDS if b not in order)):
-        reason = BACKENDS[name].why_not(q, needs_grad)
-        if name == chosen:
-            status = "chosen"
-        elif reason is not None:
-            status = f"cannot run: {reason}"
-        elif name not in order:
-            status = f"can run, but auto never picks it on {_device_kind(q)}"
-        else:
-            status = "can run; lower priority" if backend == "auto" else "can run; not requested"
-        lines.append(f"  {name:<10} {status}")
-    return "\n".join(lines)
+        text += "\n  (n_leads=1: CroPA is full attention, so auto runs sdpa without a mask)"
+    return text
 
 
-def _select(q: torch.Tensor, needs_grad: bool, backend: str, n_leads: int) -> str:
-    if backend == "auto":
-        if n_leads == 1 and BACKENDS["sdpa"].why_not(q, needs_grad) is None:
-            return "sdpa"  # one lead: CroPA is full attention, and sdpa runs it unmasked (flash kernels)
-        for name in PRIORITY[_device_kind(q)]:
-            if BACKENDS[name].why_not(q, needs_grad) is None:
-                return name
-        raise RuntimeError("no CroPA backend can run on these inputs")  # reference always can
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown CroPA backend {backend!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
-    reason = BACKENDS[backend].why_not(q, needs_grad)
-    if reason is not None:
-        raise ValueError(f"CroPA backend {backend!r} cannot run here: {reason}")
-    return backend
+def _select(q: torch.Tensor, grad: bool, backend: str, n_leads: int) -> str:
+    if backend == "auto" and n_leads == 1 and BACKENDS["sdpa"].why_not(q, grad) is None:
+        return "sdpa"  # one lead: CroPA is full attention, and sdpa runs it unmasked (flash kernels)
+    return DISPATCH.select(q, grad, backend)
 
 
 def cropa_attention(
@@ -190,5 +131,5 @@ def cropa_attention(
         (B, H, N, d) in q's dtype: softmax attention where token (l, t) attends (l', t') iff l == l' or t == t'.
     """
     _check_inputs(q, k, v, n_leads)
-    name = _select(q, _needs_grad(q, k, v), backend, n_leads)
+    name = _select(q, needs_grad(q, k, v), backend, n_leads)
     return BACKENDS[name].run(q, k, v, n_leads, q.shape[-1] ** -0.5 if scale is None else float(scale))
