@@ -1,7 +1,7 @@
 """ECG-JEPA: self-supervised representation learning for 12-lead ECGs with fused CroPA attention.
 
 Public API: the model (:class:`Encoder`, :class:`EncoderConfig`, :class:`JEPA`, :func:`load_encoder`,
-:data:`LEADS`) and the ops (:func:`cropa_attention`, :class:`CroPAAttention`, :func:`explain_backend`).
+:data:`LEADS`) and the ops (:func:`cropa_attention`, :class:`CroPAAttention`, :func:`explain_backend`, :func:`patch_embed`).
 """
 from .constants import LEADS
 from .model.attention import CroPAAttention
@@ -9,6 +9,7 @@ from .model.checkpoint import load_encoder, save_encoder
 from .model.encoder import Encoder, EncoderConfig
 from .model.jepa import JEPA, PRESETS
 from .ops.cropa import cropa_attention, explain_backend
+from .ops.patch_embed import patch_embed
 
 __all__ = [
     "LEADS",
@@ -20,6 +21,7 @@ __all__ = [
     "cropa_attention",
     "explain_backend",
     "load_encoder",
+    "patch_embed",
     "save_encoder",
 ]
 __version__ = "0.1.0"

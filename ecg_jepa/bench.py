@@ -148,6 +148,49 @@ def attention_rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, b
     return rows
 
 
+def patch_embed_rows(b: int, dim: int, dtype: torch.dtype, device: torch.device, budget: float) -> list[Row]:
+    """The fused patch embedding (multi-block-sized mask: 27 of 50 slots visible) vs the unfused torch path."""
+    from .ops.patch_embed import BACKENDS as EMBED_BACKENDS
+    from .ops.patch_embed import patch_embed
+
+    rotate = 3 if device.type == "cuda" else 1
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.randperm(50, generator=gen) < 23
+    xs = [torch.randn(b, 8, 2500, device=device, dtype=dtype) for _ in range(rotate)]
+    w = torch.randn(dim, 50, device=device, dtype=dtype) * 0.1
+    bias = torch.randn(dim, device=device, dtype=dtype)
+    pos = torch.randn(400, dim, device=device)
+    n_tok = 8 * 27
+    elt = xs[0].element_size()
+    nbytes = b * n_tok * (50 + dim) * elt  # read each visible patch once, write each token once
+    rows = []
+    for impl in EMBED_BACKENDS:
+        row = Row("patch embed", f"B{b} 8x2500 -> {n_tok} tok x D{dim}", str(dtype).removeprefix("torch."), impl, "ok",
+                  flops=2.0 * b * n_tok * 50 * dim, bytes=nbytes)
+        rows.append(row)
+        reason = EMBED_BACKENDS[impl].why_not(xs[0], True)
+        if reason is None and impl == "triton" and device.type == "cpu":
+            reason = "CPU interpreter: correct but not a speed to report"
+        if reason is not None:
+            row.parity = f"skipped: {reason}"
+            continue
+        ref = patch_embed(xs[0][:1].double(), w.double(), bias.double(), pos.double(), mask=mask, backend="reference")
+        got = patch_embed(xs[0][:1], w, bias, pos, mask=mask, backend=impl)
+        base = patch_embed(xs[0][:1], w, bias, pos, mask=mask, backend="reference")
+        bound = 2 * (base.double() - ref).abs().max().item() + 1e-5
+        if not (got.double() - ref).abs().max().item() <= bound:
+            row.parity = "FAIL forward"
+            continue
+        with torch.no_grad():
+            row.fwd = time_call(lambda i: patch_embed(xs[i % rotate], w, bias, pos, mask=mask, backend=impl), device, budget)
+        leaves = [(x.clone().requires_grad_(), w.clone().requires_grad_(), bias.clone().requires_grad_()) for x in xs]
+        grad = torch.randn(b, n_tok, dim, device=device, dtype=dtype)
+        row.fwd_bwd = time_call(
+            lambda i: patch_embed(*leaves[i % rotate], pos, mask=mask, backend=impl).backward(grad), device, budget
+        )
+    return rows
+
+
 def model_rows(preset: str, batch: int, device: torch.device, dtype: torch.dtype, budget: float) -> list[Row]:
     """One encoder block (fwd, fwd+bwd) and one full training step, ours (auto) vs reference attention."""
     from .model.jepa import JEPA, PRESETS
@@ -281,8 +324,10 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "bench
         for dtype in dtypes[:1] if shape != SHAPES[kind][0] else dtypes:
             rows += attention_rows(shape, dtype, dev, budget)
     if dev.type == "cuda":
+        rows += patch_embed_rows(64, 768, torch.bfloat16, dev, budget)
         rows += model_rows("vit-b", 64, dev, torch.bfloat16, budget)
     else:
+        rows += patch_embed_rows(4 if quick else 64, 64 if quick else 768, torch.float32, dev, budget)
         rows += model_rows("tiny", 4 if quick else 32, dev, torch.float32, budget)
     _ratios(rows)
     ceil = ceilings(dev)

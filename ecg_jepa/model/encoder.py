@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..constants import LEADS, N_SAMPLES, N_SLOTS, PATCH
+from ..ops.patch_embed import patch_embed
 from .masks import check_slot_mask, slot_indices, take_slots
 from .posenc import sincos_2d
 from .vit import Block, Blocks, init_vit_weights
@@ -26,6 +27,7 @@ class EncoderConfig:
     drop_path: float = 0.0
     leads: tuple[int, ...] = field(default_factory=lambda: tuple(range(len(LEADS))))
     attn_backend: str = "auto"
+    embed_backend: str = "auto"
 
     def __post_init__(self) -> None:
         self.leads = tuple(int(i) for i in self.leads)
@@ -66,7 +68,8 @@ class Encoder(nn.Module):
         return len(self.config.leads)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear error unless x is a finite float (B, L, 2500) batch for this encoder."""
+        """Raise a clear error unless x is a float (B, L, 2500) batch for this encoder (NaN is caught by
+        :func:`ecg_jepa.ops.patch_embed.patch_embed`)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -84,8 +87,6 @@ class Encoder(nn.Module):
                 f"x has {x.shape[2]} samples per lead; the encoder takes {N_SAMPLES} (10 s at 250 Hz): resample and "
                 "crop with ecg_jepa.data.prepare"
             )
-        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
-            raise ValueError("x holds NaN or infinite samples; clean or drop those ECGs first")
 
     def position_rows(self) -> torch.Tensor:
         """(L, 50, D): the table rows of this encoder's leads, in input order."""
@@ -94,13 +95,14 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         b, n_leads = x.shape[:2]
-        patches = x.reshape(b, n_leads, N_SLOTS, PATCH)
-        pos = self.position_rows().to(x.dtype)[None]  # (1, L, 50, D)
+        tokens = patch_embed(  # (B, L·T_vis, D), lead-major, position rows added
+            x, self.W_P.weight.to(x.dtype), self.W_P.bias.to(x.dtype), self.pos_embed, mask=mask,
+            leads=self.config.leads, backend=self.config.embed_backend,
+        )
+        pos = self.position_rows().to(tokens.dtype)[None]  # (1, L, 50, D)
         if mask is not None:
-            keep = slot_indices(check_slot_mask(mask.to(x.device), b), hidden=False)
-            patches, pos = take_slots(patches, keep), take_slots(pos, keep)
-        tokens = self.W_P(patches).flatten(1, 2)  # (B, L·T, D), lead-major
-        tokens = self.encoder_blocks(tokens, pos.flatten(1, 2), n_leads)
+            pos = take_slots(pos, slot_indices(check_slot_mask(mask.to(x.device), b), hidden=False))
+        tokens = self.encoder_blocks(tokens, pos.flatten(1, 2), n_leads, pos_in_input=True)
         return self.norm(tokens)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

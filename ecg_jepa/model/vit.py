@@ -58,15 +58,16 @@ class Block(nn.Module):
 
 class Blocks(nn.Module):
     """A stack of blocks as ``.blocks`` (the original's ``encoder_blocks.blocks.{i}`` key layout); the
-    position rows ``pos`` are added before every block."""
+    position rows ``pos`` are added before every block (before the first only if ``pos_in_input`` is
+    False: the fused patch embedding has already added them)."""
 
     def __init__(self, blocks: list[Block]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, n_leads: int) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x + pos, n_leads)
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, n_leads: int, pos_in_input: bool = False) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x if i == 0 and pos_in_input else x + pos, n_leads)
         return x
 
 

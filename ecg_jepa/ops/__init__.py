@@ -1,4 +1,5 @@
-"""Ops with many backends: CroPA attention (and, later, the fused patch embedding)."""
+"""Ops with many backends: CroPA attention and the fused patch embedding."""
 from .cropa import BACKENDS, cropa_attention, explain_backend
+from .patch_embed import patch_embed
 
-__all__ = ["BACKENDS", "cropa_attention", "explain_backend"]
+__all__ = ["BACKENDS", "cropa_attention", "explain_backend", "patch_embed"]

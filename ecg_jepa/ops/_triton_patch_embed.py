@@ -1,0 +1,106 @@
+"""The ``triton`` patch-embedding backend: the launcher for ``ecg_jepa.kernels.patch_embed`` registered as
+the custom op ``ecg_jepa::patch_embed_triton`` (fake implementation + autograd for x, weight, bias)."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..model.masks import take_slots
+from .dispatch import interpreter_active
+
+_BLOCK_T = 32
+
+
+def _config(dim: int, patch: int, dtype: torch.dtype) -> dict:
+    return dict(
+        BLOCK_T=_BLOCK_T,
+        BLOCK_D=min(64, max(16, triton.next_power_of_2(dim))),
+        BLOCK_P=max(16, triton.next_power_of_2(patch)),
+        UPCAST=interpreter_active(),
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        num_warps=4,
+    )
+
+
+def _device_guard(x: torch.Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else torch.device("cpu")
+
+
+@torch.library.custom_op("ecg_jepa::patch_embed_triton", mutates_args=(), device_types=("cuda", "cpu"))
+def patch_embed_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor, vis: torch.Tensor,
+    lead_ids: torch.Tensor,
+) -> torch.Tensor:
+    """x (B, L, S), weight (D, P), bias (D,), pos (rows, D), vis (1 or B, T_vis) int32, lead_ids (L,) int32
+    -> (B, L·T_vis, D)."""
+    from ecg_jepa.kernels.patch_embed import patch_embed_fwd_kernel
+
+    x, weight, pos, vis = x.contiguous(), weight.contiguous(), pos.contiguous(), vis.contiguous()
+    b, n_leads, samples = x.shape
+    dim, patch = weight.shape
+    n_tok = n_leads * vis.shape[1]
+    out = torch.empty((b, n_tok, dim), device=x.device, dtype=x.dtype)
+    cfg = _config(dim, patch, x.dtype)
+    with _device_guard(x):
+        patch_embed_fwd_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
+            x, weight, bias, pos, vis, lead_ids, out,
+            x.stride(0), x.stride(1), weight.stride(0), pos.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,
+            out.stride(0), out.stride(1),
+            vis.shape[1], samples // patch, n_tok, dim, patch, **cfg,
+        )
+    return out
+
+
+@patch_embed_triton.register_fake
+def _(x, weight, bias, pos, vis, lead_ids):
+    return x.new_empty((x.shape[0], x.shape[1] * vis.shape[1], weight.shape[0]))
+
+
+@torch.library.custom_op("ecg_jepa::patch_embed_triton_dx", mutates_args=(), device_types=("cuda", "cpu"))
+def patch_embed_triton_dx(grad: torch.Tensor, weight: torch.Tensor, vis: torch.Tensor, x_shape: list[int]) -> torch.Tensor:
+    """dY (B, L·T_vis, D) -> dx (B, L, S): dY·W at each visible patch, zero at hidden slots."""
+    from ecg_jepa.kernels.patch_embed import patch_embed_dx_kernel
+
+    grad, weight, vis = grad.contiguous(), weight.contiguous(), vis.contiguous()
+    b, n_leads, samples = x_shape
+    dim, patch = weight.shape
+    n_tok = grad.shape[1]
+    dx = torch.zeros(x_shape, device=grad.device, dtype=grad.dtype)
+    cfg = _config(dim, patch, grad.dtype)
+    with _device_guard(grad):
+        patch_embed_dx_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
+            grad, weight, vis, dx,
+            grad.stride(0), grad.stride(1), weight.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,
+            dx.stride(0), dx.stride(1),
+            vis.shape[1], n_tok, dim, patch, **cfg,
+        )
+    return dx
+
+
+@patch_embed_triton_dx.register_fake
+def _(grad, weight, vis, x_shape):
+    return grad.new_empty(x_shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, pos, vis, lead_ids = inputs
+    ctx.save_for_backward(x, weight, vis)
+
+
+def _backward(ctx, grad):
+    x, weight, vis = ctx.saved_tensors
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = patch_embed_triton_dx(grad, weight, vis, list(x.shape))
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        # dW and db reduce over every token: one GEMM over the visible patches, done by the BLAS.
+        dim, patch = weight.shape
+        b, n_leads, samples = x.shape
+        patches = take_slots(x.reshape(b, n_leads, samples // patch, patch), vis.long()).reshape(-1, patch)
+        flat = grad.reshape(-1, dim)
+        dw = flat.t().mm(patches)
+        db = flat.sum(0)
+    return dx, dw, db, None, None, None
+
+
+patch_embed_triton.register_autograd(_backward, setup_context=_setup_context)
