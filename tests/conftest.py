@@ -1,13 +1,14 @@
-"""Test set-up. Triton kernels run on the CPU interpreter unless a GPU is present: the variable must be
-set before anything imports a Triton kernel module."""
+"""Test set-up. Triton kernels run on the GPU when there is one, else on the CPU interpreter: the
+variable must be set before anything imports a Triton kernel module."""
 import os
 import random
 
 import pytest
+import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import torch  # noqa: E402
+GPU = torch.cuda.is_available()
+if not GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -21,8 +22,14 @@ def seed() -> int:
     return value
 
 
+@pytest.fixture
+def kernel_device() -> str:
+    """Where the Triton kernels run in this session: 'cuda' with a GPU, else 'cpu' (interpreter)."""
+    return "cuda" if GPU else "cpu"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if "gpu" in item.keywords and not GPU:
             item.add_marker(skip_gpu)

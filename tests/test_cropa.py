@@ -24,14 +24,18 @@ def oracle(q, k, v, n_leads, scale=None):
     return s.softmax(-1) @ v
 
 
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GPU, else the interpreter
+
+
 def run(backend, q, k, v, n_leads, grad_out=None):
-    """Output and, when grad_out is given, (dq, dk, dv) of one backend."""
-    q, k, v = (x.detach().clone().requires_grad_(grad_out is not None) for x in (q, k, v))
+    """Output and, when grad_out is given, (dq, dk, dv) of one backend, returned on the CPU."""
+    dev = KERNEL_DEVICE if backend == "triton" else "cpu"
+    q, k, v = (x.detach().to(dev, copy=True).requires_grad_(grad_out is not None) for x in (q, k, v))
     out = cropa_attention(q, k, v, n_leads, backend=backend)
     if grad_out is None:
-        return out.detach(), ()
-    out.backward(grad_out.to(out.dtype))
-    return out.detach(), (q.grad, k.grad, v.grad)
+        return out.detach().cpu(), ()
+    out.backward(grad_out.to(out))
+    return out.detach().cpu(), (q.grad.cpu(), k.grad.cpu(), v.grad.cpu())
 
 
 def inputs(b, h, n_leads, t, d, dtype):
@@ -98,44 +102,49 @@ def test_triton_low_precision(seed, dtype, n_leads, t, d):
     check_against_oracle("triton", n_leads, t, d, dtype, b=1, h=2)
 
 
-def test_triton_noncontiguous_inputs(seed):
+def test_triton_noncontiguous_inputs(seed, kernel_device):
     """q, k, v as the attention module makes them: strided views of one qkv projection."""
     b, n_leads, t, h, d = 2, 3, 5, 2, 16
-    qkv = torch.randn(b, n_leads * t, 3, h, d).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    qkv = torch.randn(b, n_leads * t, 3, h, d, device=kernel_device, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
     assert not q.is_contiguous()
-    g = torch.randn(b, h, n_leads * t, d)
-    out, grads = run("triton", q, k, v, n_leads, g)
-    ref_out, ref_grads = run("reference", q.double(), k.double(), v.double(), n_leads, g.double())
+    g = torch.randn(b, h, n_leads * t, d, device=kernel_device)
+    cropa_attention(q, k, v, n_leads, backend="triton").backward(g)
+    out = cropa_attention(q, k, v, n_leads, backend="triton").detach().cpu()
+    grads = qkv.grad.cpu().permute(2, 0, 3, 1, 4)
+    qd, kd, vd = (x.detach().cpu().double() for x in (q, k, v))
+    ref_out, ref_grads = run("reference", qd, kd, vd, n_leads, g.cpu().double())
     assert max_err(out, ref_out) < 1e-5
     assert all(max_err(a, r) < 1e-5 for a, r in zip(grads, ref_grads))
 
 
-def test_triton_lse_is_merged_logsumexp(seed):
+def test_triton_lse_is_merged_logsumexp(seed, kernel_device):
     q, k, v = inputs(1, 2, 4, 6, 16, torch.float32)
-    _, lse = cropa_triton_fwd(q, k, v, 4, 0.25)
+    lse = cropa_triton_fwd(q.to(kernel_device), k.to(kernel_device), v.to(kernel_device), 4, 0.25)[1].cpu()
     scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~cropa_mask(4, 6), float("-inf"))
     assert max_err(lse, scores.logsumexp(-1)) < 1e-5
 
 
-def test_triton_custom_ops_pass_opcheck(seed):
+def test_triton_custom_ops_pass_opcheck(seed, kernel_device):
     q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    q, k, v = (x.to(kernel_device).requires_grad_() for x in (q, k, v))
     torch.library.opcheck(cropa_triton_fwd, (q, k, v, 3, 0.25))
     out, lse = cropa_triton_fwd(q, k, v, 3, 0.25)
     torch.library.opcheck(cropa_triton_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, 3, 0.25))
 
 
-def test_torch_compile_traces_triton_op_fullgraph(seed):
+def test_torch_compile_traces_triton_op_fullgraph(seed, kernel_device):
     q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
     fn = torch.compile(lambda q, k, v: cropa_attention(q, k, v, 3, backend="triton"), fullgraph=True, backend="aot_eager")
-    assert max_err(fn(q, k, v), oracle(q, k, v, 3)) < 1e-5
+    out = fn(*(x.to(kernel_device) for x in (q, k, v))).cpu()
+    assert max_err(out, oracle(q, k, v, 3)) < 1e-5
 
 
 @pytest.mark.parametrize("backend", ["structured", "triton"])
-def test_module_drops_into_a_model_unchanged(seed, backend):
-    attn = CroPAAttention(32, 2, backend="reference")
-    x = torch.randn(2, 8 * 6, 32)
+def test_module_drops_into_a_model_unchanged(seed, backend, kernel_device):
+    dev = kernel_device if backend == "triton" else "cpu"
+    attn = CroPAAttention(32, 2, backend="reference").to(dev)
+    x = torch.randn(2, 8 * 6, 32, device=dev)
     expected = attn(x, 8)
     attn.backend = backend
     assert max_err(attn(x, 8), expected) < 1e-5

@@ -34,11 +34,17 @@ def masks(b, kind):
     return rows
 
 
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GPU, else the interpreter
+
+
 def run(backend, x, w, b, pos, mask, leads, grad):
-    x, w, b = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    out = patch_embed(x, w, b, pos, mask=mask, leads=leads, backend=backend)
-    out.backward(grad.to(out.dtype))
-    return out.detach(), (x.grad, w.grad, b.grad)
+    """Output and (dx, dW, db) of one backend, returned on the CPU."""
+    dev = KERNEL_DEVICE if backend == "triton" else "cpu"
+    x, w, b = (t.detach().to(dev, copy=True).requires_grad_() for t in (x, w, b))
+    mask = None if mask is None else mask.to(dev)
+    out = patch_embed(x, w, b, pos.to(dev), mask=mask, leads=leads, backend=backend)
+    out.backward(grad.to(out))
+    return out.detach().cpu(), (x.grad.cpu(), w.grad.cpu(), b.grad.cpu())
 
 
 def err(a, b):
@@ -73,11 +79,12 @@ def test_patch_embed_parity(seed, backend, mask_kind, dtype):
         assert (grads[0].transpose(0, 1)[:, hidden] == 0).all()
 
 
-def test_triton_patch_embed_opcheck(seed):
-    x, w, b = torch.randn(2, 2, 500, requires_grad=True), torch.randn(16, 50, requires_grad=True), torch.randn(16, requires_grad=True)
-    pos = torch.randn(40, 16)
-    vis = torch.tensor([[0, 3, 7]], dtype=torch.int32)
-    torch.library.opcheck(patch_embed_triton, (x, w, b, pos, vis, torch.tensor([1, 0], dtype=torch.int32)))
+def test_triton_patch_embed_opcheck(seed, kernel_device):
+    x, w, b = (torch.randn(*s, device=kernel_device, requires_grad=True) for s in ((2, 2, 500), (16, 50), (16,)))
+    pos = torch.randn(40, 16, device=kernel_device)
+    vis = torch.tensor([[0, 3, 7]], dtype=torch.int32, device=kernel_device)
+    leads = torch.tensor([1, 0], dtype=torch.int32, device=kernel_device)
+    torch.library.opcheck(patch_embed_triton, (x, w, b, pos, vis, leads))
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -97,11 +104,11 @@ def test_bad_input(kwargs, error, match):
         patch_embed(x, w, b, pos, **args)
 
 
-def test_encoder_with_triton_embedding_matches_reference(seed):
+def test_encoder_with_triton_embedding_matches_reference(seed, kernel_device):
     from ecg_jepa import Encoder, EncoderConfig
 
-    enc = Encoder(EncoderConfig(dim=32, depth=2, num_heads=2, leads=(3, 0)))
-    x, mask = torch.randn(2, 2, 2500), masks(2, "per-sample")
+    enc = Encoder(EncoderConfig(dim=32, depth=2, num_heads=2, leads=(3, 0))).to(kernel_device)
+    x, mask = torch.randn(2, 2, 2500, device=kernel_device), masks(2, "per-sample").to(kernel_device)
     ref = enc(x, mask=mask)
     enc.config.embed_backend = "triton"
     assert err(enc(x, mask=mask), ref) < 1e-5
