@@ -98,12 +98,22 @@ def explain_backend(
     text = DISPATCH.explain(q, grad, backend, chosen, f"shape {tuple(q.shape)}, n_leads={n_leads}")
     if backend == "auto" and n_leads == 1:
         text += "\n  (n_leads=1: CroPA is full attention, so auto runs sdpa without a mask)"
+    elif backend == "auto" and chosen == "sdpa" and not q.is_cuda:
+        text += f"\n  (T < {_CPU_STRUCTURED_MIN_SLOTS} slots per lead: sdpa beats structured on the CPU)"
     return text
 
 
+# Below this many slots per lead the structured form's small batched matmuls lose to sdpa on the CPU
+# (benchmarks/results/bench-cpu-*: T=10 structured 0.8x sdpa fwd+bwd, T=23 1.3x, T=50 1.7x).
+_CPU_STRUCTURED_MIN_SLOTS = 16
+
+
 def _select(q: torch.Tensor, grad: bool, backend: str, n_leads: int) -> str:
-    if backend == "auto" and n_leads == 1 and BACKENDS["sdpa"].why_not(q, grad) is None:
-        return "sdpa"  # one lead: CroPA is full attention, and sdpa runs it unmasked (flash kernels)
+    if backend == "auto" and BACKENDS["sdpa"].why_not(q, grad) is None:
+        if n_leads == 1:
+            return "sdpa"  # one lead: CroPA is full attention, and sdpa runs it unmasked (flash kernels)
+        if not q.is_cuda and q.shape[-2] // n_leads < _CPU_STRUCTURED_MIN_SLOTS:
+            return "sdpa"
     return DISPATCH.select(q, grad, backend)
 
 
