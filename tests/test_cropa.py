@@ -151,11 +151,12 @@ def test_module_drops_into_a_model_unchanged(seed, backend, kernel_device):
 
 
 def test_auto_explains_its_choice_on_cpu():
-    q = torch.randn(1, 2, 16, 16)
+    q = torch.randn(1, 2, 4 * 20, 16)
     report = explain_backend(q, n_leads=4)
     assert "-> 'structured'" in report
     assert "cuda" in report and "not part of this build" in report
     assert "-> 'sdpa'" in explain_backend(q, n_leads=1)  # one lead is full attention
+    assert "sdpa beats structured" in explain_backend(q, n_leads=8)  # T = 10: measured crossover
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
