@@ -13,6 +13,8 @@ Layout: (B, H, N, d) tensors with unit stride along d; LSE and Delta are (B, H, 
 import triton
 import triton.language as tl
 
+from .cropa_common import lead_tile, load_tile
+
 
 @triton.jit
 def cropa_bwd_dq_kernel(
@@ -22,27 +24,14 @@ def cropa_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bhl = tl.program_id(1)
-    lead = pid_bhl % L
-    bh = pid_bhl // L
-    b = bh // H
-    h = bh % H
-
-    offs_t = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    t_ok = offs_t < T
-    d_ok = offs_d < D
+    lead, bh, b, h, offs_t, offs_d, t_ok, d_ok = lead_tile(H, L, T, D, BLOCK_M, BLOCK_D)
     tile_mask = t_ok[:, None] & d_ok[None, :]
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     rows = (lead * T + offs_t)[:, None]
 
-    q = tl.load(Q + b * sqb + h * sqh + rows * sqn + offs_d[None, :], mask=tile_mask, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + rows * sdon + offs_d[None, :], mask=tile_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = load_tile(Q + b * sqb + h * sqh, lead * T + offs_t, sqn, offs_d, t_ok, d_ok, UPCAST)
+    do = load_tile(DO + b * sdob + h * sdoh, lead * T + offs_t, sdon, offs_d, t_ok, d_ok, UPCAST)
     stat_off = bh * L * T + lead * T + offs_t
     lse = tl.load(LSE + stat_off, mask=t_ok, other=0.0)
     delta = tl.load(DELTA + stat_off, mask=t_ok, other=0.0)
@@ -51,12 +40,8 @@ def cropa_bwd_dq_kernel(
     for start in range(0, T, BLOCK_N):
         offs_s = start + tl.arange(0, BLOCK_N)
         s_ok = offs_s < T
-        kv_mask = s_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + (lead * T + offs_s)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + (lead * T + offs_s)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = load_tile(k_base, lead * T + offs_s, skn, offs_d, s_ok, d_ok, UPCAST)
+        v = load_tile(v_base, lead * T + offs_s, svn, offs_d, s_ok, d_ok, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
         p = tl.where(s_ok[None, :], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -66,9 +51,8 @@ def cropa_bwd_dq_kernel(
     qf = q.to(tl.float32)
     dof = do.to(tl.float32)
     for m in range(0, L):
-        other = (m * T + offs_t)[:, None]
-        kc = tl.load(k_base + other * skn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-        vc = tl.load(v_base + other * svn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        kc = load_tile(k_base, m * T + offs_t, skn, offs_d, t_ok, d_ok, True)
+        vc = load_tile(v_base, m * T + offs_t, svn, offs_d, t_ok, d_ok, True)
         s = tl.sum(qf * kc, 1) * scale
         p = tl.where(t_ok & (m != lead), tl.exp(s - lse), 0.0)
         ds = p * (tl.sum(dof * vc, 1) - delta)
@@ -86,28 +70,15 @@ def cropa_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_bhl = tl.program_id(1)
-    lead = pid_bhl % L
-    bh = pid_bhl // L
-    b = bh // H
-    h = bh % H
-
-    offs_s = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < T
-    d_ok = offs_d < D
+    lead, bh, b, h, offs_s, offs_d, s_ok, d_ok = lead_tile(H, L, T, D, BLOCK_N, BLOCK_D)
     tile_mask = s_ok[:, None] & d_ok[None, :]
     q_base = Q + b * sqb + h * sqh
     do_base = DO + b * sdob + h * sdoh
     stat_base = bh * L * T
     rows = (lead * T + offs_s)[:, None]
 
-    k = tl.load(K + b * skb + h * skh + rows * skn + offs_d[None, :], mask=tile_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + rows * svn + offs_d[None, :], mask=tile_mask, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = load_tile(K + b * skb + h * skh, lead * T + offs_s, skn, offs_d, s_ok, d_ok, UPCAST)
+    v = load_tile(V + b * svb + h * svh, lead * T + offs_s, svn, offs_d, s_ok, d_ok, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
@@ -115,12 +86,8 @@ def cropa_bwd_dkdv_kernel(
     for start in range(0, T, BLOCK_M):
         offs_t = start + tl.arange(0, BLOCK_M)
         t_ok = offs_t < T
-        q_mask = t_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + (lead * T + offs_t)[:, None] * sqn + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + (lead * T + offs_t)[:, None] * sdon + offs_d[None, :], mask=q_mask, other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
+        q = load_tile(q_base, lead * T + offs_t, sqn, offs_d, t_ok, d_ok, UPCAST)
+        do = load_tile(do_base, lead * T + offs_t, sdon, offs_d, t_ok, d_ok, UPCAST)
         lse = tl.load(LSE + stat_base + lead * T + offs_t, mask=t_ok, other=0.0)
         delta = tl.load(DELTA + stat_base + lead * T + offs_t, mask=t_ok, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale
@@ -134,9 +101,8 @@ def cropa_bwd_dkdv_kernel(
     kf = k.to(tl.float32)
     vf = v.to(tl.float32)
     for l in range(0, L):
-        other = (l * T + offs_s)[:, None]
-        qc = tl.load(q_base + other * sqn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-        doc = tl.load(do_base + other * sdon + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        qc = load_tile(q_base, l * T + offs_s, sqn, offs_d, s_ok, d_ok, True)
+        doc = load_tile(do_base, l * T + offs_s, sdon, offs_d, s_ok, d_ok, True)
         lse = tl.load(LSE + stat_base + l * T + offs_s, mask=s_ok, other=0.0)
         delta = tl.load(DELTA + stat_base + l * T + offs_s, mask=s_ok, other=0.0)
         s = tl.sum(qc * kf, 1) * scale

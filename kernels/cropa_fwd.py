@@ -11,6 +11,8 @@ Layout: every tensor is (B, H, N, d) with unit stride along d and N = L·T lead-
 import triton
 import triton.language as tl
 
+from .cropa_common import lead_tile, load_tile
+
 LOG2E = 1.4426950408889634
 """Host side: the kernels take ``qk_scale = scale·log2(e)`` and work in base 2."""
 
@@ -23,25 +25,12 @@ def cropa_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bhl = tl.program_id(1)
-    lead = pid_bhl % L
-    bh = pid_bhl // L
-    b = bh // H
-    h = bh % H
-
-    offs_t = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    t_ok = offs_t < T
-    d_ok = offs_d < D
+    lead, bh, b, h, offs_t, offs_d, t_ok, d_ok = lead_tile(H, L, T, D, BLOCK_M, BLOCK_D)
     q_base = Q + b * sqb + h * sqh
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
 
-    q = tl.load(q_base + (lead * T + offs_t)[:, None] * sqn + offs_d[None, :],
-                mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = load_tile(q_base, lead * T + offs_t, sqn, offs_d, t_ok, d_ok, UPCAST)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -51,12 +40,8 @@ def cropa_fwd_kernel(
     for start in range(0, T, BLOCK_N):
         offs_s = start + tl.arange(0, BLOCK_N)
         s_ok = offs_s < T
-        kv_mask = s_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + (lead * T + offs_s)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + (lead * T + offs_s)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = load_tile(k_base, lead * T + offs_s, skn, offs_d, s_ok, d_ok, UPCAST)
+        v = load_tile(v_base, lead * T + offs_s, svn, offs_d, s_ok, d_ok, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(s_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -70,9 +55,8 @@ def cropa_fwd_kernel(
     qf = q.to(tl.float32)
     tile_mask = t_ok[:, None] & d_ok[None, :]
     for m in range(0, L):
-        rows = (m * T + offs_t)[:, None]
-        kc = tl.load(k_base + rows * skn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-        vc = tl.load(v_base + rows * svn + offs_d[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        kc = load_tile(k_base, m * T + offs_t, skn, offs_d, t_ok, d_ok, True)
+        vc = load_tile(v_base, m * T + offs_t, svn, offs_d, t_ok, d_ok, True)
         s = tl.sum(qf * kc, 1) * qk_scale
         s = tl.where(t_ok & (m != lead), s, float("-inf"))
         m_new = tl.maximum(m_i, s)

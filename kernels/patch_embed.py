@@ -16,6 +16,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _visible_tokens(VIS, svisb, T_VIS, N_TOK, BLOCK_T: tl.constexpr):
+    """Grid axis 1 is the sample, axis 0 a block of BLOCK_T output tokens. Returns the sample, the token
+    ids (lead-major), their in-bounds mask, each token's input channel and its time slot."""
+    b = tl.program_id(1)
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tok_ok = tok < N_TOK
+    slot = tl.load(VIS + b * svisb + tok % T_VIS, mask=tok_ok, other=0)
+    return b, tok, tok_ok, tok // T_VIS, slot
+
+
+@triton.jit
 def patch_embed_fwd_kernel(
     X, W, BIAS, POS, VIS, LEAD_IDS, OUT,
     sxb, sxl, swd, sposr, svisb, sob, son,
@@ -23,12 +34,7 @@ def patch_embed_fwd_kernel(
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    b = tl.program_id(1)
-    tok = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    tok_ok = tok < N_TOK
-    lead = tok // T_VIS
-    slot = tl.load(VIS + b * svisb + tok % T_VIS, mask=tok_ok, other=0)
+    b, tok, tok_ok, lead, slot = _visible_tokens(VIS, svisb, T_VIS, N_TOK, BLOCK_T)
     lead_id = tl.load(LEAD_IDS + lead, mask=tok_ok, other=0)
     offs_p = tl.arange(0, BLOCK_P)
     p_ok = offs_p < P
@@ -58,12 +64,7 @@ def patch_embed_dx_kernel(
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    b = tl.program_id(1)
-    tok = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    tok_ok = tok < N_TOK
-    lead = tok // T_VIS
-    slot = tl.load(VIS + b * svisb + tok % T_VIS, mask=tok_ok, other=0)
+    b, tok, tok_ok, lead, slot = _visible_tokens(VIS, svisb, T_VIS, N_TOK, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     p_ok = offs_p < P
     acc = tl.zeros([BLOCK_T, BLOCK_P], tl.float32)

@@ -55,11 +55,12 @@ def check_against_oracle(backend, n_leads, t, d, dtype, with_grad=True, b=2, h=2
     assert out.dtype == dtype and out.shape == q.shape
     if dtype == torch.float32:
         bounds = [1e-5] * 4
-    else:  # FlashAttention convention: within 2x of the same-precision plain reference, plus a small atol
+    else:  # FlashAttention convention: within 2x of the same-precision plain reference's error, plus one
+        # unit in the last place at the tensor's scale (max-abs error of a 16-bit result is a noisy statistic)
         base_out, base_grads = run("reference", q, k, v, n_leads, g if with_grad else None)
-        bounds = [2 * max_err(base_out, ref_out) + 1e-3] + [
-            2 * max_err(a, r) + 1e-3 for a, r in zip(base_grads, ref_grads)
-        ]
+        ulp = torch.finfo(dtype).eps
+        bounds = [2 * max_err(a, r) + ulp * r.abs().max().item()
+                  for a, r in zip((base_out, *base_grads), (ref_out, *ref_grads))]
     assert max_err(out, ref_out) <= bounds[0], f"{backend} forward"
     for name, a, r, bound in zip(("dq", "dk", "dv"), grads, ref_grads, bounds[1:]):
         assert max_err(a, r) <= bound, f"{backend} {name}: {max_err(a, r):.2e} > {bound:.2e}"
