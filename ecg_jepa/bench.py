@@ -191,6 +191,50 @@ def patch_embed_rows(b: int, dim: int, dtype: torch.dtype, device: torch.device,
     return rows
 
 
+def data_rows(n_records: int, n_loader: int, workers: int = 2) -> list[Row]:
+    """``prepare-data`` records/s on generated .npy records (500 Hz, 12 leads, 10 s: read, select, FFT
+    resample), and ShardDataset + DataLoader ECG/s over a shard of ``n_loader`` records."""
+    import json
+    import tempfile
+
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from .data.records import STANDARD_12
+    from .data.shards import ShardDataset, prepare_data
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        src.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(n_records):
+            np.save(src / f"r{i}.npy", rng.normal(0, 0.3, size=(12, 5000)).astype(np.float32))
+            (src / f"r{i}.json").write_text(json.dumps({"fs": 500, "leads": list(STANDARD_12)}))
+        tic = time.perf_counter()
+        prepare_data(src, out, workers=workers, progress=False)
+        secs = time.perf_counter() - tic
+        row = Row("prepare-data", f"{n_records} records, {workers} workers", "float16", "ours", "ok")
+        row.extra["records_per_s"] = n_records / secs
+        rows.append(row)
+        # Loader: one big shard of n_loader records (copies of the prepared ones), shuffled batches of 256.
+        shard = np.load(out / "shard-00000.npy")
+        big = np.resize(shard, (n_loader, *shard.shape[1:]))
+        np.save(out / "shard-00000.npy", big)
+        manifest = [{"key": f"k{i}", "id": f"k{i}", "shard": 0, "offset": i, "labels": {}} for i in range(n_loader)]
+        (out / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+        loader = DataLoader(ShardDataset(out), batch_size=256, shuffle=True, num_workers=workers,
+                            persistent_workers=workers > 0)
+        for _ in loader:  # warm-up epoch: workers start, pages come into the cache
+            pass
+        tic = time.perf_counter()
+        seen = sum(len(x) for x, _ in loader)
+        row = Row("shard loader", f"{n_loader} records, batch 256, {workers} workers", "float16->float32", "ours", "ok")
+        row.extra["ecg_per_s"] = seen / (time.perf_counter() - tic)
+        rows.append(row)
+    return rows
+
+
 def model_rows(preset: str, batch: int, device: torch.device, dtype: torch.dtype, budget: float) -> list[Row]:
     """One encoder block (fwd, fwd+bwd) and one full training step, ours (auto) vs reference attention."""
     from .model.jepa import JEPA, PRESETS
@@ -270,10 +314,17 @@ def _fmt_x(v) -> str:
     return "—" if v is None else f"{v:.2f}x"
 
 
+def _fmt_rate(extra: dict) -> str:
+    for key, unit in (("ecg_per_s", "ECG/s"), ("records_per_s", "records/s")):
+        if key in extra:
+            return f"{extra[key]:,.0f} {unit}"
+    return "—"
+
+
 def table(rows: list[Row], ceil: dict) -> str:
     """A Markdown table of the run."""
     head = ["case", "shape", "dtype", "impl", "parity", "fwd ms (p20–p80)", "fwd+bwd ms (p20–p80)",
-            "fwd vs ref", "fwd vs alt", "f+b vs ref", "f+b vs alt"]
+            "fwd vs ref", "fwd vs alt", "f+b vs ref", "f+b vs alt", "rate"]
     if ceil:
         head += ["fwd TFLOP/s (% peak)", "fwd GB/s (% copy)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -281,7 +332,7 @@ def table(rows: list[Row], ceil: dict) -> str:
         cells = [r.case, r.shape, r.dtype, r.impl, r.parity, _fmt_t(r.fwd),
                  _fmt_t(r.fwd_bwd) if r.fwd_bwd or "fwd_bwd" not in r.extra else r.extra["fwd_bwd"],
                  _fmt_x(r.extra.get("fwd_vs_ref")), _fmt_x(r.extra.get("fwd_vs_alt")),
-                 _fmt_x(r.extra.get("fwd_bwd_vs_ref")), _fmt_x(r.extra.get("fwd_bwd_vs_alt"))]
+                 _fmt_x(r.extra.get("fwd_bwd_vs_ref")), _fmt_x(r.extra.get("fwd_bwd_vs_alt")), _fmt_rate(r.extra)]
         if ceil:
             if r.fwd and r.flops:
                 tf = r.flops / r.fwd.median / 1e9
@@ -329,6 +380,7 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "bench
     else:
         rows += patch_embed_rows(4 if quick else 64, 64 if quick else 768, torch.float32, dev, budget)
         rows += model_rows("tiny", 4 if quick else 32, dev, torch.float32, budget)
+        rows += data_rows(16 if quick else 512, 512 if quick else 8192, workers=2)
     _ratios(rows)
     ceil = ceilings(dev)
     info = {**machine(dev), "ceilings": ceil, "kind": kind, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

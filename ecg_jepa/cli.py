@@ -21,12 +21,18 @@ def _pretrain(args: argparse.Namespace) -> int:
         seed=args.seed, attn_backend=args.backend, workers=args.workers,
     )
     out = Path(args.out)
-    print(f"pretraining ECG-JEPA '{cfg.preset}' on {args.train_size} synthetic ECGs: {cfg.steps} steps of "
+    if args.data:
+        from .data.shards import ShardDataset
+
+        data, what = ShardDataset(args.data), f"ECGs from the shards in {args.data}"
+    else:
+        data, what = SyntheticECG(args.train_size, seed=cfg.seed), "synthetic ECGs"
+    print(f"pretraining ECG-JEPA '{cfg.preset}' on {len(data)} {what}: {cfg.steps} steps of "
           f"{cfg.batch_size}, {cfg.mask} masks -> {out}/")
-    model = pretrain(cfg, SyntheticECG(args.train_size, seed=cfg.seed), out, resume=args.resume)
+    model = pretrain(cfg, data, out, resume=args.resume)
     enc_path = save_encoder(model.encoder, out / "encoder.pt")
     print(f"encoder checkpoint: {enc_path} (load with ecg_jepa.load_encoder)")
-    if args.probe_train == 0:
+    if args.probe_train == 0 or args.data:
         return 0
 
     print(f"linear probe on {len(CLASS_NAMES)} classes ({', '.join(CLASS_NAMES)}): "
@@ -41,6 +47,19 @@ def _pretrain(args: argparse.Namespace) -> int:
         rows.append((name, linear_probe(*feats, n_classes=N_CLASSES, seed=cfg.seed)))
     for name, result in rows:
         print(f"  {name:<12} {result}")
+    return 0
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    from .data.shards import PrepareOptions, prepare_data
+
+    options = PrepareOptions(
+        leads=tuple(args.leads.split(",")), fs=args.fs, seconds=args.seconds, pad=args.pad,
+        band_pass=args.band_pass, zscore=args.zscore,
+    )
+    counts = prepare_data(args.src, args.out, options, workers=args.workers, shard_size=args.shard_size)
+    print(f"{args.out}: {counts['prepared']} records prepared, {counts['failed']} failed "
+          f"(reasons in {args.out}/failures.jsonl), {counts['skipped']} already done")
     return 0
 
 
@@ -85,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="ECGs per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule, 10%% warm-up)")
+    p.add_argument("--data", default=None, help="shards from `ecg-jepa prepare-data` (default: synthetic ECGs)")
     p.add_argument("--train-size", type=int, default=4096, help="synthetic ECGs to pretrain on")
-    p.add_argument("--probe-train", type=int, default=1024, help="ECGs to fit the probe on (0: no probe)")
+    p.add_argument("--probe-train", type=int, default=1024,
+                   help="synthetic ECGs to fit the probe on (0: no probe; no synthetic probe after --data)")
     p.add_argument("--probe-test", type=int, default=1024, help="ECGs to score the probe on")
     p.add_argument("--backend", default="auto", help="CroPA attention backend (see `ecg-jepa backends`)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and masks")
@@ -95,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pretrain", help="folder for checkpoints and the step log")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser(
+        "prepare-data",
+        help="prepare every ECG of a folder into float16 shards for training",
+        description="Read every record under SRC (WFDB .hea/.dat/.mat, CPSC2018 and CODE-15 .mat, .npy + .json "
+        "sidecar, a PTB-XL tree or the processed PTB-XL arrays), select the leads, keep the first SECONDS, "
+        "resample to FS (FFT) and write memory-mappable float16 shards plus manifest.jsonl to OUT. Records that "
+        "fail are skipped and listed with the reason in OUT/failures.jsonl; a re-run resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("src", help="a data folder or one record")
+    p.add_argument("out", help="output folder for shards and manifest")
+    p.add_argument("--leads", default="I,II,V1,V2,V3,V4,V5,V6", help="comma-separated lead names, in order")
+    p.add_argument("--fs", type=int, default=250, help="output sampling rate in Hz")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds kept from the start of each record")
+    p.add_argument("--pad", action="store_true", help="zero-pad records shorter than SECONDS instead of failing")
+    p.add_argument("--band-pass", action="store_true", help="0.67–40 Hz band-pass (off in the paper's pretraining)")
+    p.add_argument("--zscore", action="store_true", help="per-lead z-score")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--shard-size", type=int, default=4096, help="records per shard")
+    p.set_defaults(func=_prepare_data)
 
     p = sub.add_parser(
         "backends",

@@ -8,6 +8,7 @@ def test_bench_quick_writes_results(tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| attention |" in out and "| patch embed |" in out and "| train step |" in out
+    assert "| shard loader |" in out and "ECG/s" in out
     (result,) = tmp_path.glob("bench-*.json")
     data = json.loads(result.read_text())
     assert data["machine"]["torch"] and data["machine"]["commit"]

@@ -1,0 +1,186 @@
+"""``prepare-data``: every record of a source, prepared in parallel into memory-mappable float16 shards
+plus a manifest; ``ShardDataset`` reads them back.
+
+Layout of OUT:
+- ``config.json``: leads, fs, seconds and preprocessing options (a re-run must use the same ones);
+- ``shard-NNNNN.npy``: float16 (n, len(leads), fs·seconds), written whole to a temp file then renamed;
+- ``manifest.jsonl``: one line per stored record (key, id, source, shard, offset, labels), appended only
+  after its shard is in place, so a shard the manifest does not name is an interrupted leftover;
+- ``failures.jsonl``: one line per record that could not be prepared, with the reason.
+A re-run skips every key already in the manifest or the failures and writes new shards after the last.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_write
+from ..constants import FS, LEADS, N_SAMPLES
+from .prepare import prepare
+from .records import RecordError
+from .sources import Item, find_records, load_item
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How every record is turned into model input (see :func:`ecg_jepa.data.prepare`)."""
+
+    leads: tuple[str, ...] = LEADS
+    fs: int = FS
+    seconds: float = N_SAMPLES / FS
+    pad: bool = False
+    band_pass: bool = False
+    zscore: bool = False
+
+
+def _prepare_one(args: tuple[Item, PrepareOptions]) -> tuple[Item, np.ndarray | None, dict | str]:
+    item, opt = args
+    try:
+        record = load_item(item)
+        x = prepare(record, opt.leads, opt.fs, opt.seconds, pad=opt.pad, band_pass=opt.band_pass, zscore=opt.zscore)
+        if np.abs(x).max() > np.finfo(np.float16).max:
+            raise RecordError(f"record {record.id} exceeds the float16 range of the shards")
+        return item, x.astype(np.float16), {"id": record.id, "source": record.source, "labels": record.labels}
+    except (RecordError, OSError, ValueError) as e:
+        return item, None, str(e)
+
+
+def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """The complete lines of a JSONL file. A line cut short by an interruption is ignored, and with
+    ``repair`` removed from the file, so that later appends start on a fresh line."""
+    if not path.exists():
+        return []
+    rows, bad = [], False
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad = True
+    if repair and (bad or not path.read_text().endswith("\n")) and path.stat().st_size:
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, default=str) + "\n" for r in rows)))
+    return rows
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prepare_data(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    options: PrepareOptions = PrepareOptions(),
+    workers: int = 2,
+    shard_size: int = 4096,
+    progress: bool = True,
+) -> dict:
+    """Prepare every record of ``src`` into shards under ``out`` (resuming a previous run); return counts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**asdict(options), "leads": list(options.leads)}
+    config_path = out / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise ValueError(
+            f"{out} holds shards prepared with other options ({config_path.read_text().strip()}); "
+            "use the same options or a new folder"
+        )
+    atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(config)))
+    manifest = _read_jsonl(out / "manifest.jsonl", repair=True)
+    failures = _read_jsonl(out / "failures.jsonl", repair=True)
+    seen = {r["key"] for r in manifest} | {r["key"] for r in failures}
+    todo = [item for item in find_records(src) if item.key not in seen]
+    shard = 1 + max((r["shard"] for r in manifest), default=-1)
+    counts = {"prepared": 0, "failed": 0, "skipped": len(seen)}
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool, tqdm(
+        total=len(todo), desc="prepare-data", unit="rec", disable=not progress
+    ) as bar:
+        for start in range(0, len(todo), shard_size):
+            chunk = todo[start : start + shard_size]
+            arrays, entries, failed = [], [], []
+            for item, x, info in pool.map(_prepare_one, [(item, options) for item in chunk], chunksize=8):
+                if x is None:
+                    failed.append({"key": item.key, "path": item.path, "reason": info})
+                else:
+                    entries.append({"key": item.key, **info, "shard": shard, "offset": len(arrays)})
+                    arrays.append(x)
+                bar.update(1)
+            if arrays:
+                name = out / f"shard-{shard:05d}.npy"
+                atomic_write(name, lambda tmp: np.save(open(tmp, "wb"), np.stack(arrays)))
+                _append_jsonl(out / "manifest.jsonl", entries)
+                shard += 1
+            _append_jsonl(out / "failures.jsonl", failed)
+            counts["prepared"] += len(entries)
+            counts["failed"] += len(failed)
+    return counts
+
+
+class _Serial:
+    """A stand-in for a process pool (workers <= 1): map in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items, chunksize=1):
+        return map(fn, items)
+
+
+class ShardDataset(Dataset):
+    """The records of a ``prepare-data`` folder: item i is ``(x, i)``, x (len(leads), fs·seconds) float32.
+
+    Shards are memory-mapped on first use in each process (safe with DataLoader workers and
+    DistributedSampler); ``records[i]`` is the manifest entry (id, source, labels) of item i.
+    """
+
+    def __init__(self, root: str | os.PathLike, keys: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        if not (self.root / "manifest.jsonl").exists():
+            raise FileNotFoundError(f"{self.root} has no manifest.jsonl: run `ecg-jepa prepare-data SRC {self.root}` first")
+        self.config = json.loads((self.root / "config.json").read_text())
+        records = _read_jsonl(self.root / "manifest.jsonl")
+        if keys is not None:
+            wanted = set(keys)
+            records = [r for r in records if r["key"] in wanted]
+        self.records = records
+        self._shard = np.array([r["shard"] for r in records], dtype=np.int64)
+        self._offset = np.array([r["offset"] for r in records], dtype=np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _map(self, shard: int) -> np.ndarray:
+        if shard not in self._maps:
+            self._maps[shard] = np.load(self.root / f"shard-{shard:05d}.npy", mmap_mode="r")
+        return self._maps[shard]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self._map(int(self._shard[i]))[self._offset[i]].astype(np.float32)), i
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch read shard by shard with one fancy index each (DataLoader calls this for batches)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        batch = np.empty((len(idx), *self._map(int(self._shard[idx[0]])).shape[1:]), dtype=np.float32)
+        for shard in np.unique(self._shard[idx]):
+            sel = np.nonzero(self._shard[idx] == shard)[0]
+            batch[sel] = self._map(int(shard))[self._offset[idx[sel]]]
+        tensor = torch.from_numpy(batch)
+        return [(tensor[j], int(i)) for j, i in enumerate(idx)]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": {}}  # memory maps are reopened in each worker
