@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecg_jepa import load_encoder
+from ecg_jepa import JEPA, load_encoder
 from ecg_jepa.cli import main
 from ecg_jepa.data.synthetic import SyntheticECG
 from ecg_jepa.eval.probe import linear_probe
@@ -75,8 +75,9 @@ def test_linear_probe_learns_a_separable_task(seed):
     x = (centers[y] + rng.normal(size=(800, 16))).astype(np.float32)
     result = linear_probe((x[:400], y[:400]), (x[400:], y[400:]), n_classes=4)
     assert result.accuracy > 0.9 and result.macro_auroc > 0.95
-    shuffled = linear_probe((x[:400], rng.permutation(y[:400])), (x[400:], y[400:]), n_classes=4)
-    assert shuffled.macro_auroc < 0.75  # labels unrelated to features: near chance
+    noise = rng.normal(size=x.shape).astype(np.float32)
+    chance = linear_probe((noise[:400], y[:400]), (noise[400:], y[400:]), n_classes=4)
+    assert chance.macro_auroc < 0.62  # features unrelated to the labels: near 0.5
 
 
 def test_cli_pretrain_end_to_end(tmp_path, capsys):
@@ -94,3 +95,47 @@ def test_cli_help_and_errors(capsys):
     assert "--resume" in capsys.readouterr().out
     assert main(["pretrain", "--steps", "0", "--out", "/tmp/never"]) == 2
     assert "steps and batch_size must be positive" in capsys.readouterr().err
+
+
+def _run(cmd, cwd):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", *cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(cwd / "run" / "checkpoint.pt", weights_only=True)
+
+
+def test_ddp_on_gloo_equals_one_process_with_the_same_global_batch(tmp_path):
+    args = ["pretrain", "--steps", "3", "--batch-size", "4", "--train-size", "16", "--probe-train", "0",
+            "--workers", "0", "--device", "cpu", "--threads", "1", "--out", "run"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = _run(["ecg_jepa", *args], tmp_path / "one")
+    ddp = _run(["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ecg_jepa", *args], tmp_path / "two")
+    assert single["step"] == ddp["step"] == 3
+    for part in ("encoder", "target_encoder", "predictor"):
+        for key, value in single[part].items():
+            assert torch.allclose(value, ddp[part][key], atol=2e-6, rtol=1e-5), f"{part}.{key}"
+    torch.manual_seed(0)
+    assert not torch.equal(single["encoder"]["W_P.weight"], JEPA("tiny").encoder.W_P.weight)  # it did train
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_run_and_log(tmp_path, precision):
+    cfg = PretrainConfig(steps=2, batch_size=4, workers=0, precision=precision, checkpoint_every=1)
+    pretrain(cfg, SyntheticECG(8), tmp_path, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) and r["rep_std"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
+    assert (tmp_path / "curves.png").exists()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["scaler"] is not None and state["step"] == 2
+
+
+def test_per_sample_masks_hide_equal_counts():
+    cfg = PretrainConfig(mask="random", per_sample_masks=True, batch_size=6)
+    m = step_mask(cfg, 4)
+    assert m.shape == (6, 50) and len(set(m.sum(1).tolist())) == 1 and not all(torch.equal(m[0], r) for r in m)
+    with pytest.raises(ValueError, match="random"):
+        PretrainConfig(mask="multiblock", per_sample_masks=True)

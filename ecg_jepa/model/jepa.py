@@ -53,7 +53,9 @@ class JEPA(nn.Module):
             attn_backend=config.attn_backend,
         )
 
-    def loss(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, representation std): the std over the batch of the student's mean-pooled visible tokens,
+        averaged over features (detached; a collapse alarm when it tends to 0)."""
         b, n_leads = x.shape[:2]
         mask = check_slot_mask(mask.to(x.device), b)
         with torch.no_grad():
@@ -62,7 +64,13 @@ class JEPA(nn.Module):
             targets = take_slots(h, slot_indices(mask, hidden=True)).flatten(1, 2)
         z = self.encoder(x, mask=mask)
         pred = self.predictor(z, mask, n_leads)
-        return F.smooth_l1_loss(pred, targets, beta=1.0)
+        loss = F.smooth_l1_loss(pred.float(), targets.float(), beta=1.0)
+        rep_std = z.detach().float().mean(1).std(0).mean() if b > 1 else z.new_zeros(())
+        return loss, rep_std
+
+    def loss(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The JEPA loss of x (B, L, 2500) under mask (50,) or (B, 50), True = hidden."""
+        return self(x, mask)[0]
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
