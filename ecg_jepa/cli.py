@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .constants import LEADS
+
 
 # The paper's recipe for vit-b (batch and lr depend on the mask) and a few-minute CPU run for tiny.
 PRESET_DEFAULTS = {
@@ -32,7 +34,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.data:
         from .data.shards import ShardDataset
 
-        data, what = ShardDataset(args.data), f"ECGs from the shards in {args.data}"
+        data = ShardDataset(args.data)
+        what = f"ECGs from the shards in {args.data}"
+        if args.folds:
+            from .eval.downstream import parse_folds
+
+            wanted = parse_folds(args.folds)
+            data = ShardDataset(args.data, keys=[r["key"] for r in data.records
+                                                 if int(r["labels"].get(args.split_field, -1)) in wanted])
+            what += f" ({args.split_field} {args.folds})"
+            if len(data) == 0:
+                raise ValueError(f"no shard records have {args.split_field} in {args.folds}")
     else:
         data, what = SyntheticECG(args.train_size, seed=args.seed), "synthetic ECGs"
     d = PRESET_DEFAULTS[(args.preset, args.mask)]
@@ -93,6 +105,70 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_for_data(args: argparse.Namespace):
+    """(encoder, random-init twin, dataset) for embed/probe/finetune, with the requested leads."""
+    from .eval.downstream import open_data
+    from .model.checkpoint import load_encoder, parse_leads
+    from .model.encoder import Encoder
+
+    leads = tuple(args.leads.split(",")) if args.leads else None
+    encoder = load_encoder(args.checkpoint, leads=leads)
+    names = tuple(LEADS[i] for i in encoder.config.leads)
+    data = open_data(args.data, names, pad=args.pad)
+    torch.manual_seed(args.seed)
+    random_encoder = Encoder(encoder.config).eval()
+    return encoder, random_encoder, data
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .eval.probe import embed_dataset
+
+    encoder, _, data = _load_for_data(args)
+    feats, idx = embed_dataset(encoder, data, batch_size=args.batch_size, desc="embed")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, feats)
+    ids = out.with_suffix(".ids.txt")
+    ids.write_text("".join(f"{data.records[i]['id']}\n" for i in idx))
+    print(f"{out}: {feats.shape[0]} embeddings of width {feats.shape[1]}; record ids in {ids}")
+    return 0
+
+
+def _downstream(args: argparse.Namespace) -> int:
+    """probe and finetune: task, splits, the run on the checkpoint and on a random-init twin, report."""
+    from .eval.downstream import finetune, plot_roc, resolve_task, split_by_field, write_report
+    from .eval.probe import embed_dataset, linear_probe, logreg_probe
+
+    encoder, random_encoder, data = _load_for_data(args)
+    task = resolve_task(args.task, args.labels, args.label_field, data.records)
+    y = task.targets(data.records)
+    splits = split_by_field(data.records, args.split_field, args.train, args.val, args.test)
+    sizes = {k: len(v) for k, v in splits.items()}
+    n_classes = len(task.names)
+    print(f"{args.command}: {task.kind} task over {', '.join(task.names)}; {args.split_field} train {args.train} "
+          f"({sizes['train']}), validation {args.val} ({sizes['val']}), test {args.test} ({sizes['test']})")
+    results = {}
+    for name, enc in (("pretrained", encoder), ("random init", random_encoder)):
+        if args.command == "finetune":
+            results[name] = finetune(enc, data, splits, y, epochs=args.epochs, lr=args.lr,
+                                     batch_size=args.batch_size, seed=args.seed)
+            continue
+        feats, idx = embed_dataset(enc, data, desc=f"{name}: features")
+        split = {k: (feats[v], y[v]) for k, v in splits.items()}
+        probe = logreg_probe if args.classifier == "logreg" else linear_probe
+        results[name] = probe(split["train"], split["test"], n_classes, val=split["val"], seed=args.seed)
+    print(f"  {'encoder':<12} test scores (chosen on validation)")
+    for name, result in results.items():
+        print(f"  {name:<12} {result}")
+    how = f"{args.command}" + (f" ({args.classifier})" if args.command == "probe" else f" (lr {args.lr:g}, {args.epochs} epochs)")
+    report = write_report(args.out, task, sizes, results, how)
+    plot_roc(Path(args.out).with_suffix(".png"), task, y[splits["test"]], results)
+    print(f"report: {report}; ROC curves: {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
 def _backends(args: argparse.Namespace) -> int:
     from .ops.cropa import explain_backend
 
@@ -133,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", default="tiny", choices=["tiny", "vit-b"], help="model size (vit-b: the paper's)")
     p.add_argument("--data", default=None, help="shards from `ecg-jepa prepare-data` (default: synthetic ECGs)")
+    p.add_argument("--folds", default=None, help="with --data: pretrain only on these folds, e.g. 1-7")
+    p.add_argument("--split-field", default="strat_fold", help="with --folds: the label field holding the fold")
     p.add_argument("--mask", default="multiblock", choices=["multiblock", "random"], help="masking strategy")
     p.add_argument("--per-sample-masks", action="store_true",
                    help="a mask per ECG (random masks only) instead of one per batch as the original")
@@ -180,6 +258,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--shard-size", type=int, default=4096, help="records per shard")
     p.set_defaults(func=_prepare_data)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", help="an encoder checkpoint (ours or the original release's)")
+        p.add_argument("--leads", default=None, help="reduced-lead model, e.g. II,V1 (default: the checkpoint's)")
+        p.add_argument("--pad", action="store_true", help="zero-pad raw records shorter than 10 s")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline and the head")
+
+    p = sub.add_parser(
+        "embed", help="mean-pooled encoder representations of ECGs, to a .npy file",
+        description="Embed every ECG of DATA (shards from prepare-data, or any folder/record read_record "
+        "reads, prepared on the fly) with the encoder: one (D,) row per ECG, record ids beside it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data_args(p)
+    p.add_argument("data", help="shards folder or raw data")
+    p.add_argument("--out", required=True, help="output .npy (ids go to the same name with .ids.txt)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_embed)
+
+    for name, helptext in (("probe", "linear probe of a frozen encoder on labelled ECGs"),
+                           ("finetune", "full fine-tuning of an encoder on labelled ECGs")):
+        p = sub.add_parser(
+            name, help=helptext + " (beside the same on a random-init encoder)",
+            description=helptext[0].upper() + helptext[1:] + ". Splits come from a label field (PTB-XL's "
+            "strat_fold by default); the model is chosen on the validation split and only then scored on the "
+            "test split. The same procedure on a randomly initialised encoder of the same architecture is "
+            "always printed beside it. Writes a JSON report and a PNG of per-class ROC curves.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        data_args(p)
+        p.add_argument("--data", required=True, help="shards folder (from prepare-data) or raw labelled data")
+        p.add_argument("--task", default=None, help="a named task: ptbxl-superclass, cpsc")
+        p.add_argument("--labels", default=None, help="comma-separated 0/1 label fields (multi-label task)")
+        p.add_argument("--label-field", default=None, help="one label field whose values are the classes")
+        p.add_argument("--split-field", default="strat_fold", help="label field that assigns the folds")
+        p.add_argument("--train", default="1-6", help="training folds")
+        p.add_argument("--val", default="7", help="validation folds (model selection)")
+        p.add_argument("--test", default="8", help="test folds (reported)")
+        p.add_argument("--out", default=f"runs/{name}/report.json", help="JSON report (PNG beside it)")
+        if name == "probe":
+            p.add_argument("--classifier", default="linear", choices=["linear", "logreg"],
+                           help="linear: the paper's (AdamW lr 0.01, batch 16, 10 epochs); logreg: scikit-learn")
+        else:
+            p.add_argument("--epochs", type=int, default=10)
+            p.add_argument("--lr", type=float, default=6.25e-6)
+            p.add_argument("--batch-size", type=int, default=16)
+        p.set_defaults(func=_downstream)
 
     p = sub.add_parser(
         "backends",

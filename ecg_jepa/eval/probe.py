@@ -1,10 +1,13 @@
-"""Linear probe: a frozen encoder's mean-pooled features, computed once, and one linear layer on top."""
+"""Linear probes on frozen features: the paper's linear layer (AdamW, lr 0.01, batch 16, 10 epochs) or
+scikit-learn's logistic regression; multi-class or multi-label; chosen on a validation split when one is
+given, scored on the test split."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -12,13 +15,15 @@ from tqdm.auto import tqdm
 
 from ..model.encoder import Encoder
 
+Split = tuple[np.ndarray, np.ndarray]  # features (n, D) float32, targets (n,) int or (n, C) {0, 1}
+
 
 @torch.no_grad()
 def embed_dataset(
     encoder: Encoder, data: Dataset, batch_size: int = 64, desc: str = "embedding", progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (n, D) float32 from ``encoder.embed`` in eval mode, and the labels (n,) of ``data``'s
-    ``(x, label)`` items."""
+    """Features (n, D) float32 from ``encoder.embed`` in eval mode, and the second element (label or
+    index) of each of ``data``'s ``(x, y)`` items."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
@@ -32,48 +37,120 @@ def embed_dataset(
 
 @dataclass
 class ProbeResult:
-    """Test-set scores of a multi-class linear probe."""
+    """Test-set scores (``macro_auroc`` over the classes present in the test set, one-vs-rest), the
+    validation AUROC the choice was made on, and the test probabilities for ROC curves."""
 
-    accuracy: float
     macro_auroc: float
     macro_f1: float
+    accuracy: float | None
+    per_class_auroc: list[float | None]
+    val_auroc: float | None = None
+    chosen: str = ""
+    prob: np.ndarray = field(default=None, repr=False)
 
     def __str__(self) -> str:
-        return f"accuracy {self.accuracy:.3f}  macro AUROC {self.macro_auroc:.3f}  macro F1 {self.macro_f1:.3f}"
+        acc = "" if self.accuracy is None else f"accuracy {self.accuracy:.3f}  "
+        val = "" if self.val_auroc is None else f"  (validation AUROC {self.val_auroc:.3f}, {self.chosen})"
+        return f"{acc}macro AUROC {self.macro_auroc:.3f}  macro F1 {self.macro_f1:.3f}{val}"
+
+
+def _multilabel(y: np.ndarray) -> bool:
+    return y.ndim == 2
+
+
+def macro_auroc(y: np.ndarray, prob: np.ndarray) -> tuple[float, list[float | None]]:
+    """Mean one-vs-rest AUROC over the classes with both outcomes present; per class (None if undefined)."""
+    onehot = y if _multilabel(y) else np.eye(prob.shape[1])[y]
+    per = [
+        float(roc_auc_score(onehot[:, c], prob[:, c])) if 0 < onehot[:, c].sum() < len(onehot) else None
+        for c in range(prob.shape[1])
+    ]
+    defined = [a for a in per if a is not None]
+    return (float(np.mean(defined)) if defined else float("nan")), per
+
+
+def _scores(y: np.ndarray, prob: np.ndarray) -> ProbeResult:
+    auroc, per = macro_auroc(y, prob)
+    if _multilabel(y):
+        f1 = f1_score(y, prob >= 0.5, average="macro", zero_division=0)
+        return ProbeResult(auroc, float(f1), None, per, prob=prob)
+    pred = prob.argmax(1)
+    f1 = f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)
+    return ProbeResult(auroc, float(f1), float((pred == y).mean()), per, prob=prob)
+
+
+def _standardize(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
+    x = torch.as_tensor(train)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    return [(torch.as_tensor(a) - mean) / std for a in (train, *others)]
+
+
+def _predict(head: nn.Module, x: torch.Tensor, multilabel: bool) -> np.ndarray:
+    with torch.no_grad():
+        logits = head(x)
+    return (logits.sigmoid() if multilabel else logits.softmax(-1)).numpy()
 
 
 def linear_probe(
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    n_classes: int,
-    epochs: int = 10,
-    lr: float = 0.01,
-    batch_size: int = 16,
-    seed: int = 0,
+    train: Split, test: Split, n_classes: int, *, val: Split | None = None, epochs: int = 10, lr: float = 0.01,
+    batch_size: int = 16, seed: int = 0,
 ) -> ProbeResult:
-    """The paper's probe: features standardised with the training statistics, one linear layer trained
-    with AdamW (lr 0.01, batch 16, 10 epochs) and cross-entropy; scored on ``test``."""
-    x_tr, y_tr = (torch.as_tensor(a) for a in train)
-    x_te, y_te = (torch.as_tensor(a) for a in test)
-    mean, std = x_tr.mean(0), x_tr.std(0).clamp_min(1e-6)
-    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    """The paper's probe: features standardised with the training statistics, one linear layer trained with
+    AdamW and cross-entropy (multi-class) or binary cross-entropy (multi-label, targets (n, C)). With
+    ``val``, the epoch with the best validation macro AUROC is the one scored on ``test``."""
+    multilabel = _multilabel(train[1])
+    x_tr, x_te, *x_val = _standardize(train[0], test[0], *([val[0]] if val else []))
+    y_tr = torch.as_tensor(train[1]).float() if multilabel else torch.as_tensor(train[1]).long()
     gen = torch.Generator().manual_seed(seed)
-    head = nn.Linear(x_tr.shape[1], n_classes)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        head.reset_parameters()
+        head = nn.Linear(x_tr.shape[1], n_classes)
     opt = torch.optim.AdamW(head.parameters(), lr=lr)
-    for _ in range(epochs):
+    loss_fn = nn.functional.binary_cross_entropy_with_logits if multilabel else nn.functional.cross_entropy
+    best = (-1.0, None, epochs)
+    for epoch in range(1, epochs + 1):
         for idx in torch.randperm(len(x_tr), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(head(x_tr[idx]), y_tr[idx].long())
+            loss = loss_fn(head(x_tr[idx]), y_tr[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        prob = head(x_te).softmax(-1).numpy()
-    y = y_te.numpy()
-    present = np.unique(y)
-    auroc = roc_auc_score(y, prob[:, present] / prob[:, present].sum(1, keepdims=True), multi_class="ovr",
-                          labels=present) if len(present) > 2 else roc_auc_score(y == present[-1], prob[:, present[-1]])
-    pred = prob.argmax(1)
-    return ProbeResult(float((pred == y).mean()), float(auroc), float(f1_score(y, pred, average="macro")))
+        if val:
+            score = macro_auroc(val[1], _predict(head, x_val[0], multilabel))[0]
+            if score > best[0]:
+                best = (score, {k: v.clone() for k, v in head.state_dict().items()}, epoch)
+    if val:
+        head.load_state_dict(best[1])
+    result = _scores(test[1], _predict(head, x_te, multilabel))
+    if val:
+        result.val_auroc, result.chosen = best[0], f"epoch {best[2]} of {epochs}"
+    return result
+
+
+def logreg_probe(train: Split, test: Split, n_classes: int, *, val: Split | None = None, seed: int = 0) -> ProbeResult:
+    """scikit-learn logistic regression (one per label when multi-label); the inverse regularisation C is
+    chosen on ``val`` from 10^-3 .. 10^1 (C = 1 without a validation split)."""
+    multilabel = _multilabel(train[1])
+    x_tr, x_te, *x_val = (t.numpy() for t in _standardize(train[0], test[0], *([val[0]] if val else [])))
+
+    def fit_predict(c: float, x: np.ndarray) -> np.ndarray:
+        if not multilabel:
+            model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x_tr, train[1])
+            prob = np.zeros((len(x), n_classes))
+            prob[:, model.classes_] = model.predict_proba(x)
+            return prob
+        cols = []
+        for j in range(n_classes):
+            y = train[1][:, j]
+            if y.min() == y.max():  # a label without both outcomes in training: predict its rate
+                cols.append(np.full(len(x), float(y[0])))
+                continue
+            cols.append(LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x_tr, y).predict_proba(x)[:, 1])
+        return np.stack(cols, 1)
+
+    grid = [1e-3, 1e-2, 1e-1, 1.0, 10.0] if val else [1.0]
+    tried = [(macro_auroc(val[1], fit_predict(c, x_val[0]))[0] if val else 0.0, c) for c in grid]
+    score, c = max(tried)
+    result = _scores(test[1], fit_predict(c, x_te))
+    if val:
+        result.val_auroc, result.chosen = score, f"C={c:g}"
+    return result
