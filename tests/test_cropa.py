@@ -29,7 +29,7 @@ KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GP
 
 def run(backend, q, k, v, n_leads, grad_out=None):
     """Output and, when grad_out is given, (dq, dk, dv) of one backend, returned on the CPU."""
-    dev = KERNEL_DEVICE if backend == "triton" else "cpu"
+    dev = {"triton": KERNEL_DEVICE, "cuda": "cuda"}.get(backend, "cpu")
     q, k, v = (x.detach().to(dev, copy=True).requires_grad_(grad_out is not None) for x in (q, k, v))
     out = cropa_attention(q, k, v, n_leads, backend=backend)
     if grad_out is None:
@@ -155,7 +155,7 @@ def test_auto_explains_its_choice_on_cpu():
     q = torch.randn(1, 2, 4 * 20, 16)
     report = explain_backend(q, n_leads=4)
     assert "-> 'structured'" in report
-    assert "cuda" in report and "not part of this build" in report
+    assert "cuda" in report and "never run on a GPU" in report
     assert "-> 'sdpa'" in explain_backend(q, n_leads=1)  # one lead is full attention
     assert "sdpa beats structured" in explain_backend(q, n_leads=8)  # T = 10: measured crossover
 

@@ -39,7 +39,7 @@ KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GP
 
 def run(backend, x, w, b, pos, mask, leads, grad):
     """Output and (dx, dW, db) of one backend, returned on the CPU."""
-    dev = KERNEL_DEVICE if backend == "triton" else "cpu"
+    dev = {"triton": KERNEL_DEVICE, "cuda": "cuda"}.get(backend, "cpu")
     x, w, b = (t.detach().to(dev, copy=True).requires_grad_() for t in (x, w, b))
     mask = None if mask is None else mask.to(dev)
     out = patch_embed(x, w, b, pos.to(dev), mask=mask, leads=leads, backend=backend)

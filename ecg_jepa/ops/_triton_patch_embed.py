@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..model.masks import take_slots
 from .dispatch import interpreter_active
 
 _BLOCK_T = 32
@@ -93,13 +92,9 @@ def _backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         dx = patch_embed_triton_dx(grad, weight, vis, list(x.shape))
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        # dW and db reduce over every token: one GEMM over the visible patches, done by the BLAS.
-        dim, patch = weight.shape
-        b, n_leads, samples = x.shape
-        patches = take_slots(x.reshape(b, n_leads, samples // patch, patch), vis.long()).reshape(-1, patch)
-        flat = grad.reshape(-1, dim)
-        dw = flat.t().mm(patches)
-        db = flat.sum(0)
+        from .patch_embed import weight_grads
+
+        dw, db = weight_grads(grad, x, weight, vis)
     return dx, dw, db, None, None, None
 
 

@@ -6,9 +6,8 @@ import importlib.util
 import torch
 
 from . import _torch_backends
-from .dispatch import (
-    Backend, Dispatcher, can_always, cuda_ext_why_not, needs_grad, triton_why_not,
-)
+from . import _cuda_backend
+from .dispatch import Backend, Dispatcher, can_always, needs_grad, triton_why_not
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: pure-torch backends
 _MAX_FUSED_HEAD_DIM = 128
@@ -36,10 +35,6 @@ def _triton_run(q, k, v, n_leads, scale):
     return triton_attention(q, k, v, n_leads, scale)
 
 
-def _cuda_run(q, k, v, n_leads, scale):
-    raise NotImplementedError(cuda_ext_why_not(q, False))
-
-
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
@@ -48,13 +43,14 @@ BACKENDS: dict[str, Backend] = {
         Backend("flex", _torch_backends.flex, _flex_why_not),
         Backend("structured", _torch_backends.structured, can_always),
         Backend("triton", _triton_run, _triton_why_not),
-        Backend("cuda", _cuda_run, cuda_ext_why_not),
+        _cuda_backend.ATTENTION,
     )
 }
 
 # ``auto`` takes the first backend that can run, in this order (fastest first, as measured in benchmarks/).
+# The cuda extension joins the CUDA list once its GPU parity tests have passed on a GPU.
 PRIORITY = {
-    "cuda": ("cuda", "triton", "flex", "sdpa", "structured", "reference"),
+    "cuda": ("triton", "flex", "sdpa", "structured", "reference"),
     "cpu": ("structured", "sdpa", "reference"),
 }
 DISPATCH = Dispatcher("CroPA attention", BACKENDS, PRIORITY)

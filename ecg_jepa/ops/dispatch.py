@@ -20,6 +20,7 @@ class Backend:
     name: str
     run: Callable[..., torch.Tensor]
     why_not: Callable[[torch.Tensor, bool], str | None]
+    note: str = ""
 
 
 def can_always(x: torch.Tensor, needs_grad: bool) -> str | None:
@@ -42,10 +43,6 @@ def triton_why_not(x: torch.Tensor, needs_grad: bool) -> str | None:
     if x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) < (8, 0):
         return "bf16 needs compute capability ≥ 8.0"
     return None
-
-
-def cuda_ext_why_not(x: torch.Tensor, needs_grad: bool) -> str | None:
-    return "the CUDA C++ extension (ecg_jepa._C) is not part of this build yet"
 
 
 def device_kind(x: torch.Tensor) -> str:
@@ -95,5 +92,6 @@ class Dispatcher:
                 status = f"can run, but auto never picks it on {kind}"
             else:
                 status = "can run; lower priority" if backend == "auto" else "can run; not requested"
-            lines.append(f"  {name:<10} {status}")
+            note = self.backends[name].note
+            lines.append(f"  {name:<10} {status}" + (f" [{note}]" if note else ""))
         return "\n".join(lines)

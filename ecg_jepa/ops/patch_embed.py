@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.masks import check_slot_mask, slot_indices, take_slots
-from .dispatch import Backend, Dispatcher, can_always, cuda_ext_why_not, needs_grad, triton_why_not
+from . import _cuda_backend
+from .dispatch import Backend, Dispatcher, can_always, needs_grad, triton_why_not
 
 
 def reference(x, weight, bias, pos, vis, lead_ids):
@@ -26,8 +27,14 @@ def _triton_run(x, weight, bias, pos, vis, lead_ids):
     return patch_embed_triton(x, weight, bias, pos, vis, lead_ids)
 
 
-def _cuda_run(*args):
-    raise NotImplementedError(cuda_ext_why_not(args[0], False))
+def weight_grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, vis: torch.Tensor):
+    """(dW, db) of the embedding: reductions over every visible token, one GEMM over the gathered patches
+    (shared by the fused backends, whose kernels compute the forward and dx)."""
+    dim, patch = weight.shape
+    b, n_leads, samples = x.shape
+    patches = take_slots(x.reshape(b, n_leads, samples // patch, patch), vis.long()).reshape(-1, patch)
+    flat = grad.reshape(-1, dim)
+    return flat.t().mm(patches.to(flat.dtype)), flat.sum(0)
 
 
 BACKENDS = {
@@ -35,10 +42,10 @@ BACKENDS = {
     for b in (
         Backend("reference", reference, can_always),
         Backend("triton", _triton_run, triton_why_not),
-        Backend("cuda", _cuda_run, cuda_ext_why_not),
+        _cuda_backend.PATCH_EMBED,
     )
 }
-DISPATCH = Dispatcher("patch embedding", BACKENDS, {"cuda": ("cuda", "triton", "reference"), "cpu": ("reference",)})
+DISPATCH = Dispatcher("patch embedding", BACKENDS, {"cuda": ("triton", "reference"), "cpu": ("reference",)})
 
 
 def _prepare(x, weight, bias, pos, mask, leads) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,98 @@
+"""Build the CUDA extension (``csrc/``) with ninja: ``python -m ecg_jepa.build_ext``.
+
+Just-in-time (``torch.utils.cpp_extension.load``, cached per torch/CUDA version) on request or on first use
+of ``backend="cuda"``; ahead of time with ``ECG_JEPA_BUILD_CUDA=1 pip install --no-build-isolation -e .``.
+Architectures: ``TORCH_CUDA_ARCH_LIST`` (default ``8.0;9.0``). Without a CUDA toolkit or with a CPU-only
+torch the build stops with a message that says what is missing; nothing else in the package needs it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+DEFAULT_ARCHS = "8.0;9.0"
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+SOURCES = ("cropa_attention.cu", "patch_embed.cu", "ops.cpp")
+CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+
+
+class BuildError(RuntimeError):
+    """The extension cannot be built here; the message names what is missing."""
+
+
+def cuda_home() -> str:
+    """The CUDA toolkit: ``CUDA_HOME`` / ``CUDA_PATH``, /usr/local/cuda, or the folder above ``nvcc`` on PATH;
+    the first that has both ``bin/nvcc`` and ``include/cuda_runtime_api.h``."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+                  str(Path(nvcc).resolve().parent.parent) if nvcc else None]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "bin" / "nvcc").exists() and (Path(candidate) / "include" / "cuda_runtime_api.h").exists():
+            return candidate
+    raise BuildError("no CUDA toolkit found (nvcc and its headers): install one and set CUDA_HOME")
+
+
+def fallback_include_flags() -> list[str]:
+    """Host-compiler flags that add pip's CUDA headers (torch's CUDA 13 wheels: nvidia/cu13/include) *after*
+    the toolkit's, for headers torch's include chain needs and a minimal toolkit lacks."""
+    spec = importlib.util.find_spec("nvidia")
+    flags = []
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / "cu13" / "include").is_dir():
+            flags += ["-idirafter", str(Path(root) / "cu13" / "include")]
+    return flags
+
+
+def check_prerequisites() -> str:
+    """Raise :class:`BuildError` unless torch is a CUDA build, the toolkit exists and the sources are here."""
+    if torch.version.cuda is None:
+        raise BuildError(f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch")
+    if not all((CSRC / s).exists() for s in SOURCES):
+        raise BuildError(f"CUDA sources not found in {CSRC} (they come with a source checkout: pip install -e .)")
+    return cuda_home()
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("ECG_JEPA_CACHE", Path.home() / ".cache" / "ecg_jepa"))
+    return root / f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}"
+
+
+def build(verbose: bool = False) -> Path:
+    """JIT-build (or reuse) the extension and load its ops into ``torch.ops.ecg_jepa``; return the library."""
+    home = check_prerequisites()
+    os.environ["CUDA_HOME"] = home
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    import torch.utils.cpp_extension as cpp
+
+    cpp.CUDA_HOME = home  # read at import time by torch; a process may have imported it before us
+    out = cache_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "ecg_jepa_C.so").exists():
+        print(f"ecg-jepa: building the CUDA extension for sm {os.environ['TORCH_CUDA_ARCH_LIST']} in {out} "
+              "(first use only, about a minute)...", file=sys.stderr, flush=True)
+    cpp.load(
+        name="ecg_jepa_C", sources=[str(CSRC / s) for s in SOURCES], extra_cflags=["-O3", *fallback_include_flags()],
+        extra_cuda_cflags=CUDA_FLAGS, extra_include_paths=[str(CSRC)], build_directory=str(out),
+        is_python_module=False, verbose=verbose,
+    )
+    return out / "ecg_jepa_C.so"
+
+
+def main() -> int:
+    try:
+        lib = build(verbose="-v" in sys.argv)
+    except BuildError as e:
+        print(f"ecg-jepa: cannot build the CUDA extension: {e}", file=sys.stderr)
+        return 1
+    print(f"built {lib} for sm {os.environ['TORCH_CUDA_ARCH_LIST']} (ops: torch.ops.ecg_jepa.cropa_cuda_fwd, "
+          "cropa_cuda_bwd, patch_embed_cuda, patch_embed_cuda_dx)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
