@@ -108,7 +108,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
 def _load_for_data(args: argparse.Namespace):
     """(encoder, random-init twin, dataset) for embed/probe/finetune, with the requested leads."""
     from .eval.downstream import open_data
-    from .model.checkpoint import load_encoder, parse_leads
+    from .model.checkpoint import load_encoder
     from .model.encoder import Encoder
 
     leads = tuple(args.leads.split(",")) if args.leads else None
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("checkpoint", help="an encoder checkpoint (ours or the original release's)")
-        p.add_argument("--leads", default=None, help="reduced-lead model, e.g. II,V1 (default: the checkpoint's)")
+        p.add_argument("--leads", default=None, help="reduced-lead model, e.g. II,V1 (none: the checkpoint's leads)")
         p.add_argument("--pad", action="store_true", help="zero-pad raw records shorter than 10 s")
         p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline and the head")
 

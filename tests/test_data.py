@@ -1,12 +1,9 @@
 """Data: readers for real formats, preprocessing from first principles, shards, resume, clear errors."""
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import wfdb
 from torch.utils.data import DataLoader
 
