@@ -1,5 +1,6 @@
 """Data: readers for real formats, preprocessing from first principles, shards, resume, clear errors."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,21 @@ def test_shard_dataset_with_workers_and_batches(tmp_path):
 def test_missing_shards_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare-data"):
         ShardDataset(tmp_path)
+
+
+@needs_data
+def test_ptbxl_tree_with_database_csv(tmp_path):
+    """A PTB-XL layout (records100/... + ptbxl_database.csv) built around the real record 00001_lr."""
+    folder = tmp_path / "records100" / "00000"
+    folder.mkdir(parents=True)
+    for suffix in (".hea", ".dat"):
+        shutil.copy(DATA / "fixtures" / "ptbxl" / f"00001_lr{suffix}", folder)
+    (tmp_path / "ptbxl_database.csv").write_text(
+        "ecg_id,patient_id,age,sex,scp_codes,strat_fold,filename_lr,filename_hr\n"
+        "1,15709.0,56.0,1,\"{'NORM': 100.0, 'SR': 0.0}\",3,records100/00000/00001_lr,records500/00000/00001_hr\n"
+    )
+    (item,) = find_records(tmp_path)
+    rec = load_item(item)
+    assert item.key == "ptbxl:1" and rec.fs == 100 and rec.signal.shape == (12, 1000)
+    assert rec.labels["scp_codes"] == {"NORM": 100.0, "SR": 0.0} and rec.labels["strat_fold"] == 3
+    assert prepare(rec).shape == (8, 2500)
