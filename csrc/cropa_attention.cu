@@ -54,6 +54,24 @@ __device__ __forceinline__ void store_row(T* row, const float (&x)[kPerLane], fl
   }
 }
 
+// This warp's row (a query or key token of some batch x head) and where it sits.
+struct Token {
+  int64_t row;    // index over all B*H*N tokens
+  int64_t first;  // row of token 0 of the same (batch, head)
+  int lead, slot, lane;
+};
+
+__device__ __forceinline__ bool this_token(int64_t rows, int leads, int slots, Token& t) {
+  t.row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  t.lane = threadIdx.x % 32;
+  if (t.row >= rows) return false;
+  const int tok = int(t.row % (int64_t(leads) * slots));
+  t.first = t.row - tok;
+  t.lead = tok / slots;
+  t.slot = tok % slots;
+  return true;
+}
+
 // Calls visit(token) for every key token query (lead, slot) attends: its lead's row, then its slot's column.
 template <typename F>
 __device__ __forceinline__ void for_each_partner(int lead, int slot, int leads, int slots, F&& visit) {
@@ -66,19 +84,17 @@ template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 cropa_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
                  float* __restrict__ lse, int64_t rows, int leads, int slots, int d, float scale) {
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const int n_tok = leads * slots;
-  const int tok = int(row % n_tok);
-  const int64_t base = (row - tok) * d;  // start of this (batch, head)
+  Token t;
+  if (!this_token(rows, leads, slots, t)) return;
+  const int64_t row = t.row, base = t.first * d;
+  const int lane = t.lane;
   float qs[kPerLane], acc[kPerLane];
   load_row(q + row * d, lane, d, qs, scale);
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) acc[i] = 0.f;
   float m_run = -INFINITY, l_run = 0.f;
   // The row part comes first and always holds the query's own key, so m_run is finite after one visit.
-  for_each_partner(tok / slots, tok % slots, leads, slots, [&](int key) {
+  for_each_partner(t.lead, t.slot, leads, slots, [&](int key) {
     const float s = dot_row(qs, k + base + int64_t(key) * d, lane, d);
     const float m_new = fmaxf(m_run, s);
     const float alpha = __expf(m_run - m_new);
@@ -97,12 +113,10 @@ cropa_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* _
                     const T* __restrict__ o, const T* __restrict__ d_out, const float* __restrict__ lse,
                     float* __restrict__ delta, T* __restrict__ dq, int64_t rows, int leads, int slots, int d,
                     float scale) {
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const int n_tok = leads * slots;
-  const int tok = int(row % n_tok);
-  const int64_t base = (row - tok) * d;
+  Token t;
+  if (!this_token(rows, leads, slots, t)) return;
+  const int64_t row = t.row, base = t.first * d;
+  const int lane = t.lane;
   float qs[kPerLane], dos[kPerLane], os[kPerLane], acc[kPerLane];
   load_row(q + row * d, lane, d, qs, scale);
   load_row(d_out + row * d, lane, d, dos);
@@ -116,7 +130,7 @@ cropa_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* _
   dl = warp_sum(dl);
   if (lane == 0) delta[row] = dl;
   const float lse_row = lse[row];
-  for_each_partner(tok / slots, tok % slots, leads, slots, [&](int key) {
+  for_each_partner(t.lead, t.slot, leads, slots, [&](int key) {
     const float p = __expf(dot_row(qs, k + base + int64_t(key) * d, lane, d) - lse_row);
     const float ds = p * (dot_row(dos, v + base + int64_t(key) * d, lane, d) - dl);
     axpy_row(acc, 1.f, ds, k + base + int64_t(key) * d, lane, d);
@@ -130,20 +144,17 @@ cropa_bwd_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T*
                       const T* __restrict__ d_out, const float* __restrict__ lse, const float* __restrict__ delta,
                       T* __restrict__ dk, T* __restrict__ dv, int64_t rows, int leads, int slots, int d,
                       float scale) {
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const int n_tok = leads * slots;
-  const int tok = int(row % n_tok);
-  const int64_t base = (row - tok) * d;
-  const int64_t stat = row - tok;
+  Token t;
+  if (!this_token(rows, leads, slots, t)) return;
+  const int64_t row = t.row, base = t.first * d, stat = t.first;
+  const int lane = t.lane;
   float ks[kPerLane], vs[kPerLane], dks[kPerLane], dvs[kPerLane];
   load_row(k + row * d, lane, d, ks, scale);
   load_row(v + row * d, lane, d, vs);
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) dks[i] = dvs[i] = 0.f;
   // The queries that attend key (lead, slot) are exactly the keys query (lead, slot) attends.
-  for_each_partner(tok / slots, tok % slots, leads, slots, [&](int query) {
+  for_each_partner(t.lead, t.slot, leads, slots, [&](int query) {
     const T* q_row = q + base + int64_t(query) * d;
     const T* do_row = d_out + base + int64_t(query) * d;
     const float p = __expf(dot_row(ks, q_row, lane, d) - lse[stat + query]);

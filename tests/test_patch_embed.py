@@ -96,6 +96,7 @@ def test_triton_patch_embed_opcheck(seed, kernel_device):
     (dict(pos=torch.randn(400, 32, requires_grad=True)), ValueError, "pos.detach"),
     (dict(weight=torch.randn(32, 50).double()), TypeError, "share a dtype"),
     (dict(x=torch.randn(2, 2500)), ValueError, r"\(batch, leads, samples\)"),
+    (dict(pos=torch.randn(400, 32, device="meta")), ValueError, "one device"),
 ])
 def test_bad_input(kwargs, error, match):
     args = dict(x=torch.randn(2, 8, 2500), weight=torch.randn(32, 50), bias=torch.randn(32), pos=torch.randn(400, 32))

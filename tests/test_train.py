@@ -95,6 +95,9 @@ def test_cli_help_and_errors(capsys):
     assert "--resume" in capsys.readouterr().out
     assert main(["pretrain", "--steps", "0", "--out", "/tmp/never"]) == 2
     assert "steps and batch_size must be positive" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["pretrain", "--device", "cuda", "--out", "/tmp/never"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
 
 
 def _run(cmd, cwd):

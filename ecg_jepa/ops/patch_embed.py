@@ -56,6 +56,11 @@ def _prepare(x, weight, bias, pos, mask, leads) -> tuple[torch.Tensor, torch.Ten
         raise ValueError(f"x must be (batch, leads, samples), got shape {tuple(x.shape)}")
     if weight.dim() != 2 or bias.shape != weight.shape[:1]:
         raise ValueError(f"weight must be (D, patch) and bias (D,), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+    if not (x.device == weight.device == bias.device == pos.device):
+        raise ValueError(
+            f"x, weight, bias and pos must be on one device, got {x.device}, {weight.device}, {bias.device}, "
+            f"{pos.device}: move the ECGs to the model's device (x.to(device))"
+        )
     if not (x.dtype == weight.dtype == bias.dtype):
         raise TypeError(f"x, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}, {bias.dtype}")
     b, n_leads, samples = x.shape
