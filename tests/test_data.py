@@ -63,10 +63,11 @@ def test_nan_and_bad_rate_are_errors():
     rec.signal[3, 100] = np.nan
     with pytest.raises(RecordError, match="NaN"):
         prepare(rec, leads=STANDARD_12)
-    rec = sine_record()
-    rec.fs = 0
-    with pytest.raises(RecordError, match="sampling rate"):
-        prepare(rec)
+    for fs in (0, 50.0):
+        rec = sine_record()
+        rec.fs = fs
+        with pytest.raises(RecordError, match="sampling rate .* below 100 Hz"):
+            prepare(rec)
 
 
 def test_band_pass_and_zscore():

@@ -10,6 +10,9 @@ from scipy import signal as sps
 from ..constants import FS, LEADS, N_SAMPLES
 from .records import Record, RecordError
 
+MIN_FS = 100.0
+"""Below this sampling rate a QRS complex (~80–120 ms) spans too few samples to be resampled meaningfully."""
+
 # Exact relations between limb leads (Einthoven / Goldberger): a missing lead can be derived from two others.
 _DERIVED = {
     "I": (("II", 1.0), ("III", -1.0)),
@@ -68,10 +71,13 @@ def prepare(
     Leads by name (case-insensitive, aliases folded), the first ``seconds`` of signal, FFT resampling
     (``scipy.signal.resample``) to ``fs``; optional 0.67–40 Hz band-pass and per-lead z-score (both off by
     default, as in the paper's pretraining). A record that is too short is an error unless ``pad`` (zeros
-    at the end); NaN or infinite samples are always an error.
+    at the end); NaN or infinite samples, and sampling rates below 100 Hz, are always errors.
     """
-    if record.fs <= 0:
-        raise RecordError(f"record {record.id}: sampling rate {record.fs} Hz is not positive")
+    if not record.fs >= MIN_FS:
+        raise RecordError(
+            f"record {record.id}: sampling rate {record.fs} Hz is below {MIN_FS:g} Hz, too low to resample to "
+            f"{fs} Hz meaningfully (check the header's sampling frequency)"
+        )
     x = select_leads(record, leads, derive)
     need = int(round(seconds * record.fs))
     if x.shape[1] < need:
