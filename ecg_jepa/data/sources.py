@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ def _label_value(value: str):
         return value.strip()
 
 
+@functools.lru_cache(maxsize=64)
 def _labels_by_key(folder: Path) -> dict[str, dict]:
     """``labels.csv`` (or ``<folder name>.csv``, as LUDB's ``ludb.csv``) rows keyed by their record column."""
     path = next((p for p in (folder / "labels.csv", folder / f"{folder.name}.csv") if p.exists()), None)
@@ -116,7 +118,7 @@ def load_item(item: Item) -> Record:
         table = _labels_by_key(folder)
         for key in (record.id, str(record.labels.get("idx", "")), record.id.lstrip("0")):
             if key in table:
-                record.labels.update(table[key])
+                record.labels.update(table[key])  # (the cached table is only read)
                 break
         else:
             continue
