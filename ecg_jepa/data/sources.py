@@ -118,7 +118,7 @@ def load_item(item: Item) -> Record:
         table = _labels_by_key(folder)
         for key in (record.id, str(record.labels.get("idx", "")), record.id.lstrip("0")):
             if key in table:
-                record.labels.update(table[key])  # (the cached table is only read)
+                record.labels.update(table[key])
                 break
         else:
             continue
