@@ -6,16 +6,13 @@ L - 1 keys (m, t), m != l, of its own slot (the "column" part: one key per query
 product and a row sum per lead m). Both parts share one online softmax; the (N, N) score matrix is never
 formed. Output: O (B, H, N, d) and the merged natural-log LSE (B, H, N) fp32 for the backward.
 
-Layout: every tensor is (B, H, N, d) with unit stride along d and N = L·T lead-major.
+Layout: every tensor is (B, H, N, d) with unit stride along d and N = L·T lead-major. The kernel works in
+base 2: the host passes ``qk_scale = scale·log2(e)``.
 """
 import triton
 import triton.language as tl
 
 from .cropa_common import lead_tile, load_tile
-
-LOG2E = 1.4426950408889634
-"""Host side: the kernels take ``qk_scale = scale·log2(e)`` and work in base 2."""
-
 
 @triton.jit
 def cropa_fwd_kernel(

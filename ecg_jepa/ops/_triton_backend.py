@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .dispatch import interpreter_active
+from .dispatch import device_guard, interpreter_active
 
 LOG2E = 1.4426950408889634
 
@@ -37,10 +37,6 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else torch.device("cpu")
-
-
 @torch.library.custom_op("ecg_jepa::cropa_triton_fwd", mutates_args=(), device_types=("cuda", "cpu"))
 def cropa_triton_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float
@@ -55,7 +51,7 @@ def cropa_triton_fwd(
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
     cfg = _launch_config(t, d, q.dtype)
     grid = (triton.cdiv(t, cfg["BLOCK_M"]), b * h * n_leads)
-    with _device_guard(q):
+    with device_guard(q):
         cropa_fwd_kernel[grid](
             q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             h, n_leads, t, d, scale * LOG2E, **cfg,
@@ -90,7 +86,7 @@ def cropa_triton_bwd(
     dq, dk, dv = (torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
     cfg = _launch_config(t, d, q.dtype)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
-    with _device_guard(q):
+    with device_guard(q):
         cropa_bwd_dq_kernel[(triton.cdiv(t, cfg["BLOCK_M"]), b * h * n_leads)](
             q, k, v, grad_out, dq, lse, delta, *common, *_strides(dq), h, n_leads, t, d, scale, **cfg
         )

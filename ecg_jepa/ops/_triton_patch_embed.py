@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .dispatch import interpreter_active
+from .dispatch import device_guard, interpreter_active
 
 _BLOCK_T = 32
 
@@ -19,10 +19,6 @@ def _config(dim: int, patch: int, dtype: torch.dtype) -> dict:
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
         num_warps=4,
     )
-
-
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else torch.device("cpu")
 
 
 @torch.library.custom_op("ecg_jepa::patch_embed_triton", mutates_args=(), device_types=("cuda", "cpu"))
@@ -40,7 +36,7 @@ def patch_embed_triton(
     n_tok = n_leads * vis.shape[1]
     out = torch.empty((b, n_tok, dim), device=x.device, dtype=x.dtype)
     cfg = _config(dim, patch, x.dtype)
-    with _device_guard(x):
+    with device_guard(x):
         patch_embed_fwd_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
             x, weight, bias, pos, vis, lead_ids, out,
             x.stride(0), x.stride(1), weight.stride(0), pos.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,
@@ -66,7 +62,7 @@ def patch_embed_triton_dx(grad: torch.Tensor, weight: torch.Tensor, vis: torch.T
     n_tok = grad.shape[1]
     dx = torch.zeros(x_shape, device=grad.device, dtype=grad.dtype)
     cfg = _config(dim, patch, grad.dtype)
-    with _device_guard(grad):
+    with device_guard(grad):
         patch_embed_dx_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
             grad, weight, vis, dx,
             grad.stride(0), grad.stride(1), weight.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,

@@ -32,6 +32,11 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def device_guard(x: torch.Tensor):
+    """Context that makes x's GPU current for a kernel launch (a no-op context for CPU tensors)."""
+    return torch.cuda.device(x.device) if x.is_cuda else torch.device("cpu")
+
+
 def triton_why_not(x: torch.Tensor, needs_grad: bool) -> str | None:
     """The conditions every Triton kernel of this package shares."""
     if not HAS_TRITON:
