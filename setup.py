@@ -1,5 +1,6 @@
-"""Build script. ``kernels/`` (Triton) is installed as ``ecg_jepa.kernels`` through ``package_dir``,
-never as a top-level ``kernels`` module (that name belongs to an unrelated PyPI package).
+"""Build script. ``kernels/`` (Triton) and ``benchmarks/`` (the suite ``ecg-jepa bench`` runs) are installed
+as ``ecg_jepa.kernels`` and ``ecg_jepa.benchmarks`` through ``package_dir``, never as top-level modules
+(``kernels`` belongs to an unrelated PyPI package).
 
 The CUDA extension (``csrc/`` -> ``ecg_jepa._C``) is built ahead of time only when asked:
 ``ECG_JEPA_BUILD_CUDA=1 pip install --no-build-isolation -e .`` (it needs the installed CUDA torch);
@@ -13,7 +14,7 @@ ext_modules, cmdclass = [], {}
 if os.environ.get("ECG_JEPA_BUILD_CUDA") == "1":
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    from ecg_jepa.build_ext import CUDA_FLAGS, DEFAULT_ARCHS, SOURCES, cuda_home, fallback_include_flags
+    from ecg_jepa.build_ext import DEFAULT_ARCHS, SOURCES, cuda_flags, cuda_home, cxx_flags
 
     os.environ["CUDA_HOME"] = cuda_home()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
@@ -22,7 +23,7 @@ if os.environ.get("ECG_JEPA_BUILD_CUDA") == "1":
             "ecg_jepa._C",
             [os.path.join("csrc", s) for s in SOURCES],
             include_dirs=[os.path.abspath("csrc")],
-            extra_compile_args={"cxx": ["-O3", *fallback_include_flags()], "nvcc": CUDA_FLAGS},
+            extra_compile_args={"cxx": cxx_flags(), "nvcc": cuda_flags()},
         )
     ]
     cmdclass = {"build_ext": BuildExtension}
@@ -35,9 +36,12 @@ setup(
         "ecg_jepa.data",
         "ecg_jepa.train",
         "ecg_jepa.eval",
+        "ecg_jepa.ops.cropa",
+        "ecg_jepa.ops.patch_embed",
         "ecg_jepa.kernels",
+        "ecg_jepa.benchmarks",
     ],
-    package_dir={"ecg_jepa": "ecg_jepa", "ecg_jepa.kernels": "kernels"},
+    package_dir={"ecg_jepa": "ecg_jepa", "ecg_jepa.kernels": "kernels", "ecg_jepa.benchmarks": "benchmarks"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,38 +1,132 @@
-"""CroPA attention, forward+backward, every backend that trains on this device (pytest-benchmark).
+"""CroPA attention: every backend (and unmasked dense SDPA, the speed of light of dense attention, not
+CroPA), parity-checked against the float64 oracle, then forward and forward+backward timed.
 
-CPU shape (issue 3): B=16, H=8, N=400 (8 leads x 50), d=64, fp32. GPU: the paper's B=64, H=16, d=48, bf16.
+``ecg-jepa bench`` calls :func:`rows`; ``pytest benchmarks/ --benchmark-only`` runs :func:`test_cropa_fwd_bwd`
+(CPU: B=16, H=8, N=400, d=64, fp32; GPU: the paper's B=64, H=16, d=48, bf16).
 """
-import pytest
+from __future__ import annotations
+
+import unittest
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
-from ecg_jepa import cropa_attention
-from ecg_jepa.ops.cropa import BACKENDS
+from ecg_jepa.ops.cropa import BACKENDS, cropa_attention
+from ecg_jepa.ops.cropa.testing import parity
+from ecg_jepa.ops.registry import InputSpec
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-B, H, L, T, D = (64, 16, 8, 50, 48) if CUDA else (16, 8, 8, 50, 64)
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-
-
-def _inputs():
-    q, k, v = (torch.randn(B, H, L * T, D, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
-    return q, k, v, torch.randn_like(q)
+from .report import Row
+from .timing import time_call
 
 
-def _sync():
-    if CUDA:
-        torch.cuda.synchronize()
+@dataclass(frozen=True)
+class AttnShape:
+    b: int
+    h: int
+    leads: int
+    slots: int
+    d: int
+
+    @property
+    def n(self) -> int:
+        return self.leads * self.slots
+
+    def __str__(self) -> str:
+        return f"B{self.b} H{self.h} L{self.leads}xT{self.slots}=N{self.n} d{self.d}"
 
 
-@pytest.mark.parametrize("backend", ["reference", "sdpa", "flex", "structured", "triton", "cuda"])
+SHAPES = {
+    "quick": [AttnShape(2, 2, 8, 50, 16)],
+    "cpu": [AttnShape(16, 8, 8, 50, 64), AttnShape(16, 8, 8, 23, 64), AttnShape(16, 8, 12, 50, 64),
+            AttnShape(16, 8, 8, 10, 64), AttnShape(4, 8, 8, 50, 64)],
+    # The paper's shapes: the full ECG, the visible slots of multi-block and random masks, 12 leads.
+    "gpu": [AttnShape(64, 16, 8, 50, 48), AttnShape(64, 16, 8, 23, 48), AttnShape(128, 16, 8, 17, 48),
+            AttnShape(64, 16, 12, 50, 48), AttnShape(64, 16, 8, 100, 48), AttnShape(64, 16, 8, 10, 48),
+            AttnShape(256, 16, 8, 50, 48), AttnShape(16, 16, 8, 50, 48)],
+}
+
+
+def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int) -> torch.Tensor:
+    """Unmasked dense SDPA: every token attends every token (not CroPA; never parity-checked)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _fn(impl: str):
+    if impl == "dense":
+        return dense
+    return lambda q, k, v, n_leads: cropa_attention(q, k, v, n_leads, backend=impl)
+
+
+def why_not_timed(impl: str, x: torch.Tensor, n_leads: int, grad: bool) -> str | None:
+    """Why ``impl`` is not timed on inputs like x (None: it is)."""
+    if impl == "dense":
+        return None
+    reasons = BACKENDS[impl].why_not(InputSpec.of(x, grad, n_leads))
+    if not reasons and impl == "triton" and not x.is_cuda:
+        return "CPU interpreter: correct but not a speed to report"
+    return "; ".join(reasons) or None
+
+
+def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: float) -> list[Row]:
+    """One row per backend (and ``dense``): parity, forward and forward+backward."""
+    make = lambda: torch.randn(shape.b, shape.h, shape.n, shape.d, device=device, dtype=dtype)  # noqa: E731
+    q, k, v, g = (make() for _ in range(4))
+    keys = shape.slots + shape.leads - 1  # every query meets T + L - 1 keys
+    flops = 4.0 * shape.b * shape.h * shape.n * shape.d * keys
+    nbytes = 4.0 * shape.b * shape.h * shape.n * shape.d * q.element_size()
+    out = []
+    for impl in (*BACKENDS, "dense"):
+        row = Row("attention", str(shape), str(dtype).removeprefix("torch."), impl, "ok", flops=flops, bytes=nbytes)
+        out.append(row)
+        reason = why_not_timed(impl, q, shape.leads, False)
+        if reason is not None:
+            row.parity = f"skipped: {reason}"
+            continue
+        train_reason = why_not_timed(impl, q, shape.leads, True)
+        if impl != "dense":
+            try:
+                row.parity = parity(impl, q[:1], k[:1], v[:1], shape.leads, None if train_reason else g[:1]).summary()
+            except Exception as e:  # a backend that crashes (or cannot build) is reported, not fatal
+                row.parity = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            if row.parity != "ok":
+                continue
+        fn = _fn(impl)
+        with torch.no_grad():
+            row.fwd = time_call(lambda: fn(q, k, v, shape.leads), device, budget)
+        if train_reason:
+            row.extra["fwd_bwd"] = f"n/a: {train_reason}"
+            continue
+        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+
+        def step():
+            fn(*leaves, shape.leads).backward(g)
+            for x in leaves:
+                x.grad = None
+
+        row.fwd_bwd = time_call(step, device, budget)
+    return out
+
+
 def test_cropa_fwd_bwd(benchmark, backend):
-    q, k, v, g = _inputs()
-    reason = BACKENDS[backend].why_not(q, True)
-    if reason or (backend == "triton" and not CUDA):
-        pytest.skip(reason or "Triton on the CPU interpreter is not a speed to report")
+    """pytest-benchmark: forward+backward of one backend at the suite's first shape for this device."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    shape = SHAPES["gpu" if cuda else "cpu"][0]
+    dtype = torch.bfloat16 if cuda else torch.float32
+    q, k, v = (torch.randn(shape.b, shape.h, shape.n, shape.d, device=device, dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    reason = why_not_timed(backend, q, shape.leads, True)
+    if reason:
+        raise unittest.SkipTest(reason)
+    g = torch.randn_like(q)
 
     def step():
-        cropa_attention(q, k, v, L, backend=backend).backward(g)
-        _sync()
+        _fn(backend)(q, k, v, shape.leads).backward(g)
+        if cuda:
+            torch.cuda.synchronize()
 
     benchmark(step)
+
+
+BENCH_PARAMS = {"backend": [*BACKENDS, "dense"]}

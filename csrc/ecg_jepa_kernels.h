@@ -11,7 +11,10 @@ namespace ecg_jepa {
 
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
-constexpr int kMaxHeadDim = 128;
+#ifndef ECG_JEPA_MAX_HEAD_DIM
+#error "build with -DECG_JEPA_MAX_HEAD_DIM=... (ecg_jepa.build_ext.cuda_flags passes the limit declared in ecg_jepa.ops.cropa)"
+#endif
+constexpr int kMaxHeadDim = ECG_JEPA_MAX_HEAD_DIM;
 
 cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const void* v, void* o, float* lse,
                                 int64_t bh, int leads, int slots, int head_dim, float scale, cudaStream_t stream);

@@ -18,7 +18,24 @@ import torch
 DEFAULT_ARCHS = "8.0;9.0"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = ("cropa_attention.cu", "patch_embed.cu", "ops.cpp")
-CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+
+
+def defines() -> list[str]:
+    """Facts the C++ sources take from Python, where they are declared once: the kernels' head-dim limit
+    (the CroPA op's capability data)."""
+    from .ops.cropa import FUSED_MAX_HEAD_DIM
+
+    return [f"-DECG_JEPA_MAX_HEAD_DIM={FUSED_MAX_HEAD_DIM}"]
+
+
+def cuda_flags() -> list[str]:
+    """nvcc flags of every build (JIT, ahead of time, the CI's ptxas checks)."""
+    return ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *defines()]
+
+
+def cxx_flags() -> list[str]:
+    """Host-compiler flags of every build."""
+    return ["-O3", *defines(), *fallback_include_flags()]
 
 
 class BuildError(RuntimeError):
@@ -76,11 +93,37 @@ def build(verbose: bool = False) -> Path:
         print(f"ecg-jepa: building the CUDA extension for sm {os.environ['TORCH_CUDA_ARCH_LIST']} in {out} "
               "(first use only, about a minute)...", file=sys.stderr, flush=True)
     cpp.load(
-        name="ecg_jepa_C", sources=[str(CSRC / s) for s in SOURCES], extra_cflags=["-O3", *fallback_include_flags()],
-        extra_cuda_cflags=CUDA_FLAGS, extra_include_paths=[str(CSRC)], build_directory=str(out),
+        name="ecg_jepa_C", sources=[str(CSRC / s) for s in SOURCES], extra_cflags=cxx_flags(),
+        extra_cuda_cflags=cuda_flags(), extra_include_paths=[str(CSRC)], build_directory=str(out),
         is_python_module=False, verbose=verbose,
     )
     return out / "ecg_jepa_C.so"
+
+
+_loaded = {"done": False}
+
+
+def why_unavailable() -> str | None:
+    """None when the extension is loaded, installed ahead of time or can be built here; else what is missing."""
+    if _loaded["done"] or importlib.util.find_spec("ecg_jepa._C") is not None:
+        return None
+    try:
+        check_prerequisites()
+    except BuildError as e:
+        return f"cannot build the CUDA extension: {e}"
+    return None
+
+
+def load() -> None:
+    """Make the extension's ops exist in ``torch.ops.ecg_jepa`` (the ahead-of-time module, else the JIT
+    build, building it if needed), once per process."""
+    if _loaded["done"]:
+        return
+    if importlib.util.find_spec("ecg_jepa._C") is not None:
+        import ecg_jepa._C  # noqa: F401  (registers the ops)
+    else:
+        build()
+    _loaded["done"] = True
 
 
 def main() -> int:

@@ -8,22 +8,29 @@ from pathlib import Path
 import torch
 
 from .constants import LEADS
+from .errors import InputError
 
 
-# The paper's recipe for vit-b (batch and lr depend on the mask) and a few-minute CPU run for tiny.
-PRESET_DEFAULTS = {
-    ("vit-b", "multiblock"): dict(batch_size=64, lr=5e-5, epochs=100, warmup_epochs=5),
-    ("vit-b", "random"): dict(batch_size=128, lr=2.5e-5, epochs=100, warmup_epochs=5),
-    ("tiny", "multiblock"): dict(batch_size=32, lr=1e-3, steps=800),
-    ("tiny", "random"): dict(batch_size=32, lr=1e-3, steps=800),
-}
+def _pretrain_data(args: argparse.Namespace):
+    """(dataset, what it is) for pretrain: shards (optionally some folds) or synthetic ECGs."""
+    if not args.data:
+        from .data.synthetic import SyntheticECG
+
+        return SyntheticECG(args.train_size, seed=args.seed), "synthetic ECGs"
+    from .data.shards import ShardDataset
+    from .eval.downstream import parse_folds
+
+    data = ShardDataset(args.data)
+    if not args.folds:
+        return data, f"ECGs from the shards in {args.data}"
+    return data.where(args.split_field, parse_folds(args.folds)), f"ECGs from the shards in {args.data} ({args.split_field} {args.folds})"
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from .data.synthetic import CLASS_NAMES, N_CLASSES, SyntheticECG
-    from .eval.probe import embed_dataset, linear_probe
+    from .eval.probe import probe_against_random_init
     from .model.checkpoint import save_encoder
-    from .model.encoder import Encoder
+    from .model.jepa import resolve_recipe
     from .train.distributed import close_world, init_world
     from .train.pretrain import PretrainConfig, pretrain
 
@@ -31,40 +38,18 @@ def _pretrain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     world = init_world(args.device)
     say = print if world.main else (lambda *a, **k: None)
-    if args.data:
-        from .data.shards import ShardDataset
-
-        data = ShardDataset(args.data)
-        what = f"ECGs from the shards in {args.data}"
-        if args.folds:
-            from .eval.downstream import parse_folds
-
-            wanted = parse_folds(args.folds)
-            data = ShardDataset(args.data, keys=[r["key"] for r in data.records
-                                                 if int(r["labels"].get(args.split_field, -1)) in wanted])
-            what += f" ({args.split_field} {args.folds})"
-            if len(data) == 0:
-                raise ValueError(f"no shard records have {args.split_field} in {args.folds}")
-    else:
-        data, what = SyntheticECG(args.train_size, seed=args.seed), "synthetic ECGs"
-    d = PRESET_DEFAULTS[(args.preset, args.mask)]
-    batch = args.batch_size if args.batch_size is not None else d["batch_size"]
-    if batch < 1:
-        raise ValueError("--batch-size must be positive")
-    per_epoch = max(1, len(data) // batch)
-    epochs = args.epochs if args.epochs is not None else (None if args.steps is not None else d.get("epochs"))
-    steps = args.steps if args.steps is not None else (epochs * per_epoch if epochs is not None else d["steps"])
-    warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (d.get("warmup_epochs") if epochs else None)
-    warmup = warmup_epochs * per_epoch if warmup_epochs is not None else steps // 10
+    data, what = _pretrain_data(args)
+    plan = resolve_recipe(args.preset, args.mask, len(data), batch_size=args.batch_size, lr=args.lr, epochs=args.epochs,
+                          steps=args.steps, warmup_epochs=args.warmup_epochs)
     cfg = PretrainConfig(
-        preset=args.preset, mask=args.mask, per_sample_masks=args.per_sample_masks, steps=steps, batch_size=batch,
-        lr=args.lr if args.lr is not None else d["lr"], warmup_steps=min(warmup, steps), precision=args.precision or
-        ("bf16" if world.device.type == "cuda" else "fp32"), compile=args.compile, seed=args.seed,
-        attn_backend=args.backend, workers=args.workers,
+        preset=args.preset, mask=args.mask, per_sample_masks=args.per_sample_masks, steps=plan.steps,
+        batch_size=plan.batch_size, lr=plan.lr, warmup_steps=plan.warmup_steps,
+        precision=args.precision or ("bf16" if world.device.type == "cuda" else "fp32"), compile=args.compile,
+        seed=args.seed, attn_backend=args.backend, workers=args.workers,
     )
     out = Path(args.out)
     say(f"pretraining ECG-JEPA '{cfg.preset}' on {len(data)} {what}: {cfg.steps} steps of {cfg.batch_size} "
-        f"({cfg.steps / per_epoch:.1f} epochs), {cfg.mask} masks, lr {cfg.lr:g}, {cfg.precision}, "
+        f"({cfg.steps / plan.per_epoch:.1f} epochs), {cfg.mask} masks, lr {cfg.lr:g}, {cfg.precision}, "
         f"{world.size} process(es) on {world.device} -> {out}/")
     try:
         model = pretrain(cfg, data, out, resume=args.resume, world=world)
@@ -76,18 +61,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"encoder checkpoint: {enc_path} (load with ecg_jepa.load_encoder); curves: {out}/curves.png")
     if args.probe_train == 0 or args.data:
         return 0
-
     print(f"linear probe on {len(CLASS_NAMES)} classes ({', '.join(CLASS_NAMES)}): "
           f"{args.probe_train} train / {args.probe_test} test ECGs")
-    train_set = SyntheticECG(args.probe_train, seed=10_000 + cfg.seed)
-    test_set = SyntheticECG(args.probe_test, seed=20_000 + cfg.seed)
-    torch.manual_seed(cfg.seed + 1)
-    random_encoder = Encoder(model.encoder.config).to(world.device)
-    rows = []
-    for name, encoder in (("pretrained", model.encoder), ("random init", random_encoder)):
-        feats = embed_dataset(encoder, train_set, desc=f"{name}: train"), embed_dataset(encoder, test_set, desc=f"{name}: test")
-        rows.append((name, linear_probe(*feats, n_classes=N_CLASSES, seed=cfg.seed)))
-    for name, result in rows:
+    results = probe_against_random_init(
+        model.encoder, SyntheticECG(args.probe_train, seed=10_000 + cfg.seed),
+        SyntheticECG(args.probe_test, seed=20_000 + cfg.seed), N_CLASSES, seed=cfg.seed,
+    )
+    for name, result in results.items():
         print(f"  {name:<12} {result}")
     return 0
 
@@ -180,7 +160,7 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .benchmarks.suite import run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -333,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 1, quick 0.05)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for the result files")
+    p.add_argument("--out", default="runs/bench", help="folder for the result files (benchmarks/results/ keeps "
+                   "the ones worth committing)")
     p.set_defaults(func=_bench)
     return parser
 
@@ -342,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except InputError as e:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"ecg-jepa {args.command}: error: {e}", file=sys.stderr)
         return 2
 

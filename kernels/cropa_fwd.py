@@ -14,6 +14,7 @@ import triton.language as tl
 
 from .cropa_common import lead_tile, load_tile
 
+
 @triton.jit
 def cropa_fwd_kernel(
     Q, K, V, O, LSE,

@@ -1,27 +1,20 @@
-"""CroPA attention: every backend against a float64 dense-mask reference, forward and gradients."""
+"""CroPA attention: every backend against the float64 oracle, forward and gradients (the tolerance rule
+is ecg_jepa.ops.parity's; a failure prints max/mean errors of the backend and of the same-precision
+reference); the custom ops; the dispatcher's decisions, for a GPU described rather than present."""
 import pytest
 import torch
 
 from ecg_jepa import CroPAAttention, cropa_attention, explain_backend
-from ecg_jepa.model.masks import cropa_mask
-from ecg_jepa.ops._triton_backend import cropa_triton_bwd, cropa_triton_fwd
+from ecg_jepa.ops.cropa import DISPATCH
+from ecg_jepa.ops.cropa.testing import oracle, parity
+from ecg_jepa.ops.cropa.triton import cropa_triton_bwd, cropa_triton_fwd
+from ecg_jepa.ops.layout import cropa_mask
+from ecg_jepa.ops.registry import InputSpec
 
 TORCH_BACKENDS = ["sdpa", "structured"]
 # (n_leads, T, d): every required value of each, in combinations the interpreter runs in seconds.
 TRITON_SHAPES = [(1, 7, 16), (2, 50, 48), (8, 7, 64), (12, 1, 128), (8, 50, 48), (12, 7, 24), (1, 50, 128), (2, 1, 64)]
 LOW_PRECISION = [torch.float16, torch.bfloat16]
-
-
-def oracle(q, k, v, n_leads, scale=None):
-    """float64 attention from first principles: explicit (l, t) ids, masked softmax."""
-    q, k, v = q.double(), k.double(), v.double()
-    n = q.shape[-2]
-    t = n // n_leads
-    ids = torch.arange(n)
-    allowed = (ids[:, None] // t == ids[None, :] // t) | (ids[:, None] % t == ids[None, :] % t)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-    return s.softmax(-1) @ v
 
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GPU, else the interpreter
@@ -48,22 +41,11 @@ def max_err(a, b):
 
 def check_against_oracle(backend, n_leads, t, d, dtype, with_grad=True, b=2, h=2):
     q, k, v = inputs(b, h, n_leads, t, d, dtype)
-    g = torch.randn(b, h, n_leads * t, d)
-    ref_out, ref_grads = run("reference", q.double(), k.double(), v.double(), n_leads, g.double() if with_grad else None)
-    assert max_err(ref_out, oracle(q, k, v, n_leads)) < 1e-12
-    out, grads = run(backend, q, k, v, n_leads, g if with_grad else None)
-    assert out.dtype == dtype and out.shape == q.shape
-    if dtype == torch.float32:
-        bounds = [1e-5] * 4
-    else:  # FlashAttention convention: within 2x of the same-precision plain reference's error, plus one
-        # unit in the last place at the tensor's scale (max-abs error of a 16-bit result is a noisy statistic)
-        base_out, base_grads = run("reference", q, k, v, n_leads, g if with_grad else None)
-        ulp = torch.finfo(dtype).eps
-        bounds = [2 * max_err(a, r) + ulp * r.abs().max().item()
-                  for a, r in zip((base_out, *base_grads), (ref_out, *ref_grads))]
-    assert max_err(out, ref_out) <= bounds[0], f"{backend} forward"
-    for name, a, r, bound in zip(("dq", "dk", "dv"), grads, ref_grads, bounds[1:]):
-        assert max_err(a, r) <= bound, f"{backend} {name}: {max_err(a, r):.2e} > {bound:.2e}"
+    g = torch.randn(b, h, n_leads * t, d) if with_grad else None
+    device = {"triton": KERNEL_DEVICE, "cuda": "cuda"}.get(backend, "cpu")
+    result = parity(backend, q, k, v, n_leads, g, device=device)
+    print(result)
+    assert result.ok, str(result)
 
 
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
@@ -180,6 +162,66 @@ def test_bad_shapes(args, error, match):
     q, k, v = (torch.randn(s) for s in args[:3])
     with pytest.raises(error, match=match):
         cropa_attention(q, k, v, args[3])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_leads,t,d", [(1, 7, 16), (8, 50, 48), (12, 1, 128), (12, 7, 24), (2, 50, 64)])
+def test_cuda_matches_oracle(seed, n_leads, t, d, dtype):
+    check_against_oracle("cuda", n_leads, t, d, dtype, b=2, h=2)
+
+
+def test_oracle_is_the_reference_in_float64(seed):
+    q, k, v = (x.double() for x in inputs(2, 2, 3, 5, 8, torch.float64))
+    assert max_err(run("reference", q, k, v, 3)[0], oracle(q, k, v, 3)) < 1e-12
+
+
+def test_a_wrong_kernel_fails_parity(seed, monkeypatch):
+    """The check has teeth: a backend that is 0.5 % off, or that counts the self key twice, fails."""
+    from ecg_jepa.ops.cropa import BACKENDS, torch_backends
+
+    q, k, v = inputs(1, 2, 4, 6, 16, torch.float32)
+    scaled = lambda *a: torch_backends.structured(*a) * 1.005  # noqa: E731
+    monkeypatch.setitem(BACKENDS, "structured", BACKENDS["structured"].__class__("structured", scaled))
+    assert not parity("structured", q, k, v, 4).ok
+
+    def twice(q, k, v, n_leads, scale):  # the self key in both the row and the column part
+        t = q.shape[-2] // n_leads
+        s = (q @ k.transpose(-1, -2)) * scale
+        allowed = cropa_mask(n_leads, t).double() + torch.eye(n_leads * t, dtype=torch.float64)
+        w = torch.where(allowed > 0, s.double().exp() * allowed, 0.0)
+        return ((w / w.sum(-1, keepdim=True)) @ v.double()).to(q.dtype)
+
+    monkeypatch.setitem(BACKENDS, "structured", BACKENDS["structured"].__class__("structured", twice))
+    result = parity("structured", q, k, v, 4)
+    assert not result.ok and "out: FAIL" in str(result) and "same-precision reference" in str(result)
+
+
+def _spec(device, dtype, d=48, grad=True, n_leads=8, t=50, capability=(9, 0)):
+    return InputSpec(device, dtype, (64, 16, n_leads * t, d), grad, capability if device == "cuda" else None, n_leads)
+
+
+@pytest.mark.parametrize("spec,chosen", [
+    (_spec("cuda", torch.bfloat16), "triton"),
+    (_spec("cuda", torch.float32, d=160), "flex"),           # head dim over the fused kernels' limit
+    (_spec("cuda", torch.bfloat16, capability=(7, 5)), "flex"),  # bf16 needs sm_80 for the fused kernels
+    (_spec("cuda", torch.float64), "flex"),
+    (_spec("cuda", torch.bfloat16, n_leads=1), "sdpa"),
+    (_spec("cpu", torch.float32), "structured"),
+    (_spec("cpu", torch.float32, t=10), "sdpa"),
+    (_spec("cpu", torch.float32, grad=True), "structured"),
+])
+def test_dispatch_decisions_for_described_inputs(spec, chosen, monkeypatch):
+    """The choice for a GPU is a pure function of the described inputs, testable without one."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert DISPATCH.select(spec) == chosen, DISPATCH.explain(spec)
+
+
+def test_explain_reports_every_reason(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    text = DISPATCH.explain(_spec("cpu", torch.float64, d=160), "auto")
+    triton_line = next(line for line in text.splitlines() if line.strip().startswith("triton"))
+    assert "needs CUDA tensors" in triton_line and "float64" in triton_line and "last dim 160 > 128" in triton_line
 
 
 def test_bad_dtypes_and_backend_names():

@@ -6,13 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+from conftest import SHARED_DATA
 from torch.utils.data import DataLoader
 
-from conftest import SHARED_DATA
+from ecg_jepa.constants import STANDARD_12
 from ecg_jepa.data import (
-    PrepareOptions, Record, RecordError, ShardDataset, find_records, load_item, prepare, prepare_data, read_record,
+    PrepareOptions,
+    Record,
+    RecordError,
+    ShardDataset,
+    find_records,
+    load_item,
+    prepare,
+    prepare_data,
+    read_record,
 )
-from ecg_jepa.data.records import STANDARD_12
 
 DATA = Path(SHARED_DATA)
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")

@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATA
+
 from ecg_jepa import Encoder, EncoderConfig, save_encoder
 from ecg_jepa.cli import main
+from ecg_jepa.constants import STANDARD_12
 from ecg_jepa.data import prepare_data
-from ecg_jepa.data.synthetic import ALL_LEADS, synthesize
+from ecg_jepa.data.synthetic import synthesize
 from ecg_jepa.eval.downstream import Task, parse_folds, resolve_task, split_by_field
 
 PTBXL = Path(SHARED_DATA) / "ptbxl-processed"
@@ -27,7 +28,7 @@ def labelled_shards(tmp_path_factory):
         np.save(src / f"s{i:03d}.npy", signal)
         labels = {"rhythm": "irregular" if label % 2 else "regular", "fold": i % 3 + 1,
                   "brady": int(label // 2 == 0), "tachy": int(label // 2 == 2)}
-        (src / f"s{i:03d}.json").write_text(json.dumps({"fs": 500, "leads": list(ALL_LEADS), "labels": labels}))
+        (src / f"s{i:03d}.json").write_text(json.dumps({"fs": 500, "leads": list(STANDARD_12), "labels": labels}))
     prepare_data(src, root / "shards", workers=1, progress=False)
     torch.manual_seed(0)
     save_encoder(Encoder(EncoderConfig(dim=32, depth=1, num_heads=2)), root / "enc.pt")

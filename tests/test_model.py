@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from ecg_jepa import JEPA, LEADS, Encoder, EncoderConfig, load_encoder, save_encoder
 from ecg_jepa.model.checkpoint import infer_config
-from ecg_jepa.model.masks import check_slot_mask, cropa_mask, multiblock_mask, random_mask
+from ecg_jepa.model.masks import multiblock_mask, random_mask
 from ecg_jepa.model.posenc import sincos_2d
+from ecg_jepa.ops.layout import check_slot_mask, cropa_mask
 
 
 def original_forward(state: dict, x: torch.Tensor, leads: list[int], num_heads: int) -> torch.Tensor:

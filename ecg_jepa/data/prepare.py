@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import signal as sps
 
-from ..constants import FS, LEADS, N_SAMPLES
+from ..constants import FS, LEADS, N_SAMPLES, canonical_lead
 from .records import Record, RecordError
 
 MIN_FS = 100.0
@@ -24,19 +24,13 @@ _DERIVED = {
 }
 
 
-def _canonical(name: str) -> str:
-    """Case-insensitive lead name with aliases folded: 'aVR', 'AVR', 'avr' -> 'AVR'; 'MLII' -> 'II'."""
-    key = name.strip().upper().replace("LEAD", "").replace(" ", "").replace("-", "")
-    return {"MLII": "II", "MLI": "I", "MLIII": "III"}.get(key, key)
-
-
 def select_leads(record: Record, leads: Sequence[str] = LEADS, derive: bool = True) -> np.ndarray:
     """(len(leads), n) signal in the requested lead order; a missing limb lead is derived exactly from two
     others when ``derive`` (III = II − I, aVR = −(I + II)/2, ...), else it is an error."""
-    index = {_canonical(name): i for i, name in enumerate(record.leads)}
+    index = {canonical_lead(name): i for i, name in enumerate(record.leads)}
     rows = []
     for lead in leads:
-        key = _canonical(lead)
+        key = canonical_lead(lead)
         if key in index:
             rows.append(record.signal[index[key]])
         elif derive and key in _DERIVED and all(src in index for src, _ in _DERIVED[key]):

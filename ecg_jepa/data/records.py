@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-STANDARD_12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from ..constants import STANDARD_12
+from ..errors import InputError
+
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nu": None}
 _WFDB_DATE = re.compile(r"^\d{2}/\d{2}/\d{4}$")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record that cannot be read: the message names the file and the problem."""
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..constants import FS, LEADS, N_SAMPLES
+from ..errors import InputError, MissingInputError
 from .prepare import prepare
 from .records import RecordError
 from .sources import Item, find_records, load_item
@@ -78,6 +79,30 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def open_folder(out: Path, options: PrepareOptions) -> None:
+    """Create ``out`` for shards prepared with ``options``, or check that the shards already in it were."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**asdict(options), "leads": list(options.leads)}
+    config_path = out / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise InputError(
+            f"{out} holds shards prepared with other options ({config_path.read_text().strip()}); "
+            "use the same options or a new folder"
+        )
+    atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(config)))
+
+
+def write_shard(out: Path, index: int, arrays: Sequence[np.ndarray], entries: Sequence[dict]) -> None:
+    """Store shard ``index``: the (len(leads), samples) float16 arrays stacked, written whole and renamed
+    into place, then one manifest line per array (its entry plus ``shard`` and ``offset``)."""
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.stack(arrays))
+
+    atomic_write(out / f"shard-{index:05d}.npy", save)
+    _append_jsonl(out / "manifest.jsonl", [{**e, "shard": index, "offset": i} for i, e in enumerate(entries)])
+
+
 def prepare_data(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -88,15 +113,7 @@ def prepare_data(
 ) -> dict:
     """Prepare every record of ``src`` into shards under ``out`` (resuming a previous run); return counts."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {**asdict(options), "leads": list(options.leads)}
-    config_path = out / "config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != config:
-        raise ValueError(
-            f"{out} holds shards prepared with other options ({config_path.read_text().strip()}); "
-            "use the same options or a new folder"
-        )
-    atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(config)))
+    open_folder(out, options)
     manifest = _read_jsonl(out / "manifest.jsonl", repair=True)
     failures = _read_jsonl(out / "failures.jsonl", repair=True)
     seen = {r["key"] for r in manifest} | {r["key"] for r in failures}
@@ -113,18 +130,23 @@ def prepare_data(
                 if x is None:
                     failed.append({"key": item.key, "path": item.path, "reason": info})
                 else:
-                    entries.append({"key": item.key, **info, "shard": shard, "offset": len(arrays)})
+                    entries.append({"key": item.key, **info})
                     arrays.append(x)
                 bar.update(1)
             if arrays:
-                name = out / f"shard-{shard:05d}.npy"
-                atomic_write(name, lambda tmp: np.save(open(tmp, "wb"), np.stack(arrays)))
-                _append_jsonl(out / "manifest.jsonl", entries)
+                write_shard(out, shard, arrays, entries)
                 shard += 1
             _append_jsonl(out / "failures.jsonl", failed)
             counts["prepared"] += len(entries)
             counts["failed"] += len(failed)
     return counts
+
+
+def _as_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class _Serial:
@@ -150,7 +172,7 @@ class ShardDataset(Dataset):
     def __init__(self, root: str | os.PathLike, keys: Sequence[str] | None = None) -> None:
         self.root = Path(root)
         if not (self.root / "manifest.jsonl").exists():
-            raise FileNotFoundError(f"{self.root} has no manifest.jsonl: run `ecg-jepa prepare-data SRC {self.root}` first")
+            raise MissingInputError(f"{self.root} has no manifest.jsonl: run `ecg-jepa prepare-data SRC {self.root}` first")
         self.config = json.loads((self.root / "config.json").read_text())
         records = _read_jsonl(self.root / "manifest.jsonl")
         if keys is not None:
@@ -163,6 +185,13 @@ class ShardDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def where(self, field: str, values: set[int]) -> "ShardDataset":
+        """The records whose label ``field`` (e.g. PTB-XL's strat_fold) is one of ``values``."""
+        keys = [r["key"] for r in self.records if _as_int(r["labels"].get(field)) in values]
+        if not keys:
+            raise InputError(f"no records of {self.root} have {field} in {sorted(values)}")
+        return ShardDataset(self.root, keys=keys)
 
     def _map(self, shard: int) -> np.ndarray:
         if shard not in self._maps:

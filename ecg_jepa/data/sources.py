@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import STANDARD_12, Record, read_record
+from ..constants import STANDARD_12
+from ..errors import MissingInputError
+from .records import Record, read_record
 
 _KEY_COLUMNS = ("record", "ID", "ecg_id", "idx")
 _PROCESSED_TASK = "diag_superclass"
@@ -88,7 +90,7 @@ def find_records(src: str | os.PathLike) -> list[Item]:
     if src.is_file():
         return [Item(src.stem, str(src))]
     if not src.is_dir():
-        raise FileNotFoundError(f"no data at {src}")
+        raise MissingInputError(f"no data at {src}")
     if (src / "ptbxl_database.csv").exists():
         return _ptbxl_tree(src)
     if (src / "index.csv").exists() and any(src.glob("ptbxl_proc_*.npy")):

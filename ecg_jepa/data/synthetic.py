@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import FS, LEADS, N_SAMPLES
+from ..constants import FS, LEADS, N_SAMPLES, STANDARD_12, find_lead
+from ..errors import InputError
 
-ALL_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 HR_BANDS: tuple[tuple[float, float], ...] = ((40.0, 60.0), (60.0, 100.0), (100.0, 150.0))
 N_CLASSES = 2 * len(HR_BANDS)
 CLASS_NAMES: tuple[str, ...] = tuple(
@@ -57,7 +57,7 @@ def _beat_times(rng: np.random.Generator, hr: float, irregular: bool, seconds: f
 
 
 def synthesize(seed: int, fs: int = FS, seconds: float = N_SAMPLES / FS) -> tuple[np.ndarray, int]:
-    """One record: ((12, fs·seconds) float32 in mV, leads :data:`ALL_LEADS`; label in [0, 6))."""
+    """One record: ((12, fs·seconds) float32 in mV, leads :data:`~ecg_jepa.constants.STANDARD_12`; label in [0, 6))."""
     rng = np.random.default_rng(seed)
     band = int(rng.integers(len(HR_BANDS)))
     irregular = bool(rng.integers(2))
@@ -103,7 +103,9 @@ class SyntheticECG(Dataset):
 
     def __init__(self, n: int, seed: int = 0, leads: tuple[str, ...] = LEADS) -> None:
         self.n, self.seed = n, seed
-        self.rows = [ALL_LEADS.index(name) for name in leads]
+        self.rows = [find_lead(name, STANDARD_12) for name in leads]
+        if None in self.rows:
+            raise InputError(f"unknown lead in {leads}; synthetic ECGs have {', '.join(STANDARD_12)}")
 
     def __len__(self) -> int:
         return self.n

@@ -15,12 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ..constants import LEADS
+from ..constants import LEADS, find_lead
 from ..data.prepare import bandpass, prepare
 from ..data.shards import ShardDataset
 from ..data.sources import find_records, load_item
+from ..errors import InputError
 from ..model.encoder import Encoder
-from .probe import ProbeResult, _scores, macro_auroc
+from .probe import ProbeResult, _scores, macro_auroc, probabilities
 
 # Named tasks: (kind, label names as stored in the manifest).
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -47,7 +48,7 @@ class Task:
                 out.append([float(labels[n]) for n in self.names] if self.kind == "multilabel" else
                            self.names.index(str(labels[self.field])))
             except (KeyError, ValueError) as e:
-                raise ValueError(f"record {r.get('id')} has no usable label {e} for this task") from None
+                raise InputError(f"record {r.get('id')} has no usable label {e} for this task") from None
         return np.asarray(out, dtype=np.float32 if self.kind == "multilabel" else np.int64)
 
 
@@ -55,7 +56,7 @@ def resolve_task(name: str | None, labels: str | None, field: str | None, record
     """A task from a preset name, a comma-separated list of 0/1 label fields, or one multi-class field."""
     if name:
         if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)} or pass --labels / --label-field")
+            raise InputError(f"unknown task {name!r}; choose one of {', '.join(TASKS)} or pass --labels / --label-field")
         kind, names = TASKS[name]
         return Task(kind, names)
     if labels:
@@ -63,9 +64,9 @@ def resolve_task(name: str | None, labels: str | None, field: str | None, record
     if field:
         values = sorted({str(r["labels"].get(field)) for r in records if field in r["labels"]})
         if len(values) < 2:
-            raise ValueError(f"label field {field!r} has fewer than two classes in this data")
+            raise InputError(f"label field {field!r} has fewer than two classes in this data")
         return Task("multiclass", tuple(values), field)
-    raise ValueError("say what to predict: --task NAME, --labels A,B,C (multi-label) or --label-field F (multi-class)")
+    raise InputError("say what to predict: --task NAME, --labels A,B,C (multi-label) or --label-field F (multi-class)")
 
 
 def parse_folds(text: str) -> set[int]:
@@ -81,17 +82,17 @@ def split_by_field(records: Sequence[dict], field: str, train: str, val: str, te
     """Indices of the train / validation / test records by the value of ``field`` (e.g. PTB-XL strat_fold)."""
     folds = {"train": parse_folds(train), "val": parse_folds(val), "test": parse_folds(test)}
     if any(folds[a] & folds[b] for a, b in (("train", "val"), ("train", "test"), ("val", "test"))):
-        raise ValueError(f"train, validation and test folds overlap: {folds}")
+        raise InputError(f"train, validation and test folds overlap: {folds}")
     out: dict[str, list[int]] = {k: [] for k in folds}
     for i, r in enumerate(records):
         if field not in r["labels"]:
-            raise ValueError(f"record {r.get('id')} has no {field!r}; choose --split-field or split otherwise")
+            raise InputError(f"record {r.get('id')} has no {field!r}; choose --split-field or split otherwise")
         for name, wanted in folds.items():
             if int(r["labels"][field]) in wanted:
                 out[name].append(i)
     for name, idx in out.items():
         if not idx:
-            raise ValueError(f"no records in the {name} folds {sorted(folds[name])} of {field!r}")
+            raise InputError(f"no records in the {name} folds {sorted(folds[name])} of {field!r}")
     return out
 
 
@@ -99,11 +100,11 @@ class LeadSelect(Dataset):
     """Items of a shard dataset with channels reordered/subset to ``leads`` (names of :data:`LEADS`)."""
 
     def __init__(self, data: Dataset, stored: Sequence[str], leads: Sequence[str]) -> None:
-        upper = [s.upper() for s in stored]
-        missing = [name for name in leads if name.upper() not in upper]
+        rows = [find_lead(name, stored) for name in leads]
+        missing = [name for name, row in zip(leads, rows) if row is None]
         if missing:
-            raise ValueError(f"the data has no lead {', '.join(missing)} (it has {', '.join(stored)})")
-        self.data, self.rows = data, [upper.index(name.upper()) for name in leads]
+            raise InputError(f"the data has no lead {', '.join(missing)} (it has {', '.join(stored)})")
+        self.data, self.rows = data, rows
 
     def __len__(self) -> int:
         return len(self.data)
@@ -161,13 +162,11 @@ def _filtered(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(model: Classifier, data: Dataset, multilabel: bool, device: torch.device) -> np.ndarray:
+def _classify(model: Classifier, data: Dataset, multilabel: bool, device: torch.device) -> np.ndarray:
+    """Class probabilities (n, C) of every item of ``data`` (band-passed like the training inputs)."""
     model.eval()
-    out = []
-    for x, _ in DataLoader(data, batch_size=64):
-        logits = model(_filtered(x).to(device)).float().cpu()
-        out.append(logits.sigmoid() if multilabel else logits.softmax(-1))
-    return torch.cat(out).numpy()
+    return np.concatenate([probabilities(model(_filtered(x).to(device)), multilabel)
+                           for x, _ in DataLoader(data, batch_size=64)])
 
 
 def finetune(
@@ -195,11 +194,11 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        score = macro_auroc(y[splits["val"]], _predict(model, Subset(data, splits["val"]), multilabel, device))[0]
+        score = macro_auroc(y[splits["val"]], _classify(model, Subset(data, splits["val"]), multilabel, device))[0]
         if score > best[0]:
             best = (score, copy.deepcopy(model.state_dict()), epoch)
     model.load_state_dict(best[1])
-    result = _scores(y[splits["test"]], _predict(model, Subset(data, splits["test"]), multilabel, device))
+    result = _scores(y[splits["test"]], _classify(model, Subset(data, splits["test"]), multilabel, device))
     result.val_auroc, result.chosen = best[0], f"epoch {best[2]} of {epochs}"
     return result
 

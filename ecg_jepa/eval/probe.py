@@ -85,9 +85,9 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
     return [(torch.as_tensor(a) - mean) / std for a in (train, *others)]
 
 
-def _predict(head: nn.Module, x: torch.Tensor, multilabel: bool) -> np.ndarray:
-    with torch.no_grad():
-        logits = head(x)
+def probabilities(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
+    """Class probabilities from logits (n, C): per-label sigmoid (multi-label) or softmax (multi-class)."""
+    logits = logits.detach().float().cpu()
     return (logits.sigmoid() if multilabel else logits.softmax(-1)).numpy()
 
 
@@ -115,12 +115,12 @@ def linear_probe(
             loss.backward()
             opt.step()
         if val:
-            score = macro_auroc(val[1], _predict(head, x_val[0], multilabel))[0]
+            score = macro_auroc(val[1], probabilities(head(x_val[0]), multilabel))[0]
             if score > best[0]:
                 best = (score, {k: v.clone() for k, v in head.state_dict().items()}, epoch)
     if val:
         head.load_state_dict(best[1])
-    result = _scores(test[1], _predict(head, x_te, multilabel))
+    result = _scores(test[1], probabilities(head(x_te), multilabel))
     if val:
         result.val_auroc, result.chosen = best[0], f"epoch {best[2]} of {epochs}"
     return result
@@ -154,3 +154,19 @@ def logreg_probe(train: Split, test: Split, n_classes: int, *, val: Split | None
     if val:
         result.val_auroc, result.chosen = score, f"C={c:g}"
     return result
+
+
+def probe_against_random_init(encoder: Encoder, train: Dataset, test: Dataset, n_classes: int, seed: int = 0,
+                              progress: bool = True) -> dict[str, ProbeResult]:
+    """The paper's linear probe of ``encoder`` and of a randomly initialised encoder of the same
+    architecture (seeded), on the same (x, label) datasets: {"pretrained": ..., "random init": ...}."""
+    device = next(encoder.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + 1)
+        random_encoder = type(encoder)(encoder.config).to(device)
+    results = {}
+    for name, enc in (("pretrained", encoder), ("random init", random_encoder)):
+        feats = [embed_dataset(enc, data, desc=f"{name}: {what}", progress=progress)
+                 for data, what in ((train, "train"), (test, "test"))]
+        results[name] = linear_probe(*feats, n_classes=n_classes, seed=seed)
+    return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..ops.cropa import cropa_attention
 
 
@@ -18,7 +19,7 @@ class CroPAAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, backend: str = "auto") -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise InputError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.backend = backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

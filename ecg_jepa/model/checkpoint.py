@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write
-from ..constants import LEADS, N_SLOTS, PATCH
+from ..constants import LEADS, N_SLOTS, PATCH, find_lead
+from ..errors import InputError, MissingInputError
 from .encoder import Encoder, EncoderConfig
 
 FORMAT = "ecg-jepa-encoder/1"
@@ -32,14 +33,14 @@ def save_encoder(encoder: Encoder, path: str | os.PathLike) -> Path:
 
 
 def parse_leads(leads: Sequence[str | int]) -> tuple[int, ...]:
-    """Lead names (case-insensitive) or indices into :data:`LEADS` -> indices, in the given order."""
-    upper = [name.upper() for name in LEADS]
+    """Lead names (matched by :func:`~ecg_jepa.constants.canonical_lead`) or indices into :data:`LEADS` -> indices, in the given order."""
     out = []
     for lead in leads:
         if isinstance(lead, str):
-            if lead.upper() not in upper:
-                raise ValueError(f"unknown lead {lead!r}; the encoder knows {', '.join(LEADS)}")
-            out.append(upper.index(lead.upper()))
+            index = find_lead(lead, LEADS)
+            if index is None:
+                raise InputError(f"unknown lead {lead!r}; the encoder knows {', '.join(LEADS)}")
+            out.append(index)
         else:
             out.append(int(lead))
     return tuple(out)
@@ -50,19 +51,19 @@ def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -
     the shapes: ``num_heads`` if given, else width / 48 (the paper's head dim)."""
     for key in ("W_P.weight", "pos_embed", "encoder_blocks.blocks.0.mlp.fc1.weight"):
         if key not in state:
-            raise ValueError(f"not an ECG-JEPA encoder state dict: key {key!r} is missing")
+            raise InputError(f"not an ECG-JEPA encoder state dict: key {key!r} is missing")
     dim, patch = state["W_P.weight"].shape
     if patch != PATCH:
-        raise ValueError(f"W_P.weight has shape {tuple(state['W_P.weight'].shape)}: patches must be {PATCH} samples")
+        raise InputError(f"W_P.weight has shape {tuple(state['W_P.weight'].shape)}: patches must be {PATCH} samples")
     if state["pos_embed"].shape != (len(LEADS) * N_SLOTS, dim):
-        raise ValueError(
+        raise InputError(
             f"pos_embed has shape {tuple(state['pos_embed'].shape)}, expected ({len(LEADS) * N_SLOTS}, {dim}) "
             f"for {len(LEADS)} leads x {N_SLOTS} slots"
         )
     depth = 1 + max(int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k)))
     if num_heads is None:
         if dim % PAPER_HEAD_DIM:
-            raise ValueError(f"cannot infer heads for width {dim} (not a multiple of {PAPER_HEAD_DIM}); pass num_heads=")
+            raise InputError(f"cannot infer heads for width {dim} (not a multiple of {PAPER_HEAD_DIM}); pass num_heads=")
         num_heads = dim // PAPER_HEAD_DIM
     hidden = state["encoder_blocks.blocks.0.mlp.fc1.weight"].shape[0]
     return EncoderConfig(
@@ -74,16 +75,16 @@ def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -
 def _read(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingInputError(f"no checkpoint at {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(
+        raise InputError(
             f"{path} is not a readable checkpoint (truncated, or holds objects other than tensors and plain "
             f"containers, which are never unpickled): {str(e).splitlines()[0]}"
         ) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise InputError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
 
 
@@ -91,12 +92,12 @@ def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], source: str) 
     expected = encoder.state_dict()
     for key in expected:
         if key not in state:
-            raise ValueError(f"{source}: missing key {key!r} (expected for {encoder.config})")
+            raise InputError(f"{source}: missing key {key!r} (expected for {encoder.config})")
     for key in state:
         if key not in expected:
-            raise ValueError(f"{source}: unexpected key {key!r}; it matches no part of {encoder.config}")
+            raise InputError(f"{source}: unexpected key {key!r}; it matches no part of {encoder.config}")
         if state[key].shape != expected[key].shape:
-            raise ValueError(
+            raise InputError(
                 f"{source}: key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(expected[key].shape)}"
             )
     encoder.load_state_dict(state, strict=True)
@@ -122,7 +123,7 @@ def load_encoder(
     else:
         state = obj.get("encoder", obj)
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: 'encoder' holds a {type(state).__name__}, not a state dict")
+            raise InputError(f"{path}: 'encoder' holds a {type(state).__name__}, not a state dict")
         config = infer_config(state, num_heads)
     if leads is not None:
         config.leads = parse_leads(leads)

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from ..constants import LEADS, N_SAMPLES, N_SLOTS, PATCH
+from ..errors import InputError, InputTypeError
+from ..ops.layout import SlotMask, take_slots
 from ..ops.patch_embed import patch_embed
-from .masks import check_slot_mask, slot_indices, take_slots
 from .posenc import sincos_2d
 from .vit import Block, Blocks, init_vit_weights
 
@@ -32,9 +33,9 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         self.leads = tuple(int(i) for i in self.leads)
         if self.dim % 4 or self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} must be divisible by 4 and by num_heads {self.num_heads}")
+            raise InputError(f"dim {self.dim} must be divisible by 4 and by num_heads {self.num_heads}")
         if not self.leads or len(set(self.leads)) != len(self.leads) or not all(0 <= i < len(LEADS) for i in self.leads):
-            raise ValueError(f"leads must be distinct indices in [0, {len(LEADS)}), got {self.leads}")
+            raise InputError(f"leads must be distinct indices in [0, {len(LEADS)}), got {self.leads}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "leads": list(self.leads)}
@@ -71,19 +72,19 @@ class Encoder(nn.Module):
         """Raise a clear error unless x is a float (B, L, 2500) batch for this encoder (NaN is caught by
         :func:`ecg_jepa.ops.patch_embed.patch_embed`)."""
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
-            raise TypeError(f"x must be a float tensor of ECG samples, got {x.dtype}")
+            raise InputTypeError(f"x must be a float tensor of ECG samples, got {x.dtype}")
         if x.dim() != 3:
-            raise ValueError(f"x must be (batch, leads, {N_SAMPLES}), got shape {tuple(x.shape)}")
+            raise InputError(f"x must be (batch, leads, {N_SAMPLES}), got shape {tuple(x.shape)}")
         if x.shape[1] != self.n_leads:
             names = ", ".join(LEADS[i] for i in self.config.leads)
-            raise ValueError(
+            raise InputError(
                 f"x has {x.shape[1]} leads but the encoder was built for {self.n_leads} ({names}); select those "
                 "leads in that order, or load the encoder with leads=[...] for a reduced-lead model"
             )
         if x.shape[2] != N_SAMPLES:
-            raise ValueError(
+            raise InputError(
                 f"x has {x.shape[2]} samples per lead; the encoder takes {N_SAMPLES} (10 s at 250 Hz): resample and "
                 "crop with ecg_jepa.data.prepare"
             )
@@ -92,16 +93,18 @@ class Encoder(nn.Module):
         """(L, 50, D): the table rows of this encoder's leads, in input order."""
         return self.pos_embed.view(len(LEADS), N_SLOTS, -1)[list(self.config.leads)]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | SlotMask | None = None) -> torch.Tensor:
         self.check_input(x)
         b, n_leads = x.shape[:2]
+        if mask is not None:
+            mask = SlotMask.of(mask, b, x.device)  # validated once, here; layers below use its slot ids
         tokens = patch_embed(  # (B, L·T_vis, D), lead-major, position rows added
             x, self.W_P.weight.to(x.dtype), self.W_P.bias.to(x.dtype), self.pos_embed, mask=mask,
             leads=self.config.leads, backend=self.config.embed_backend,
         )
         pos = self.position_rows().to(tokens.dtype)[None]  # (1, L, 50, D)
         if mask is not None:
-            pos = take_slots(pos, slot_indices(check_slot_mask(mask.to(x.device), b), hidden=False))
+            pos = take_slots(pos, mask.visible)
         tokens = self.encoder_blocks(tokens, pos.flatten(1, 2), n_leads, pos_in_input=True)
         return self.norm(tokens)
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..constants import N_SLOTS
+from ..ops.layout import SlotMask
 from .posenc import sincos_2d
 from .vit import Block, Blocks, init_vit_weights
 
@@ -34,8 +35,8 @@ class Predictor(nn.Module):
         init_vit_weights(self, self.predictor_blocks)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, n_leads: int) -> torch.Tensor:
-        """tokens: (B, L·T_vis, D) visible encoder outputs, lead-major; mask: (1 or B, 50) bool, True = hidden.
+    def forward(self, tokens: torch.Tensor, mask: SlotMask, n_leads: int) -> torch.Tensor:
+        """tokens: (B, L·T_vis, D) visible encoder outputs, lead-major; mask: the batch's slot mask.
 
         Returns (B, L·T_mask, D): predictions at each lead's hidden slots, slots ascending.
         """
@@ -46,8 +47,7 @@ class Predictor(nn.Module):
         n_hidden = N_SLOTS - n_vis
         x = torch.cat([x, self.mask_token.expand(x.shape[0], n_hidden, -1)], dim=1)
         # Slot order of each sequence: visible slots ascending, then hidden slots ascending.
-        order = torch.sort(mask.int(), dim=1, stable=True).indices  # (1 or B, 50)
-        pos = self.pos_embed.to(x.dtype)[order]  # (1 or B, 50, Dp)
+        pos = self.pos_embed.to(x.dtype)[mask.order]  # (1 or B, 50, Dp)
         pos = pos.repeat_interleave(n_leads, dim=0) if pos.shape[0] > 1 else pos
         x = self.predictor_blocks(x, pos, n_leads=1)
         x = self.predictor_proj(self.predictor_norm(x[:, n_vis:]))

@@ -1,4 +1,6 @@
-"""Ops with many backends: CroPA attention and the fused patch embedding."""
+"""Ops with many backends, below the model (nothing here imports :mod:`ecg_jepa.model`): the token layout
+(:mod:`.layout`), the shared registry and dispatcher (:mod:`.registry`), the tolerance rule
+(:mod:`.parity`), and one package per op: :mod:`.cropa` (CroPA attention) and :mod:`.patch_embed`."""
 from .cropa import BACKENDS, cropa_attention, explain_backend
 from .patch_embed import patch_embed
 

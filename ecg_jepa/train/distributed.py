@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class World:
@@ -25,9 +27,9 @@ def init_world(device: str | None = None) -> World:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1), or run alone."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise InputError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     want_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
     if size == 1:
         return World(0, 1, torch.device("cuda" if want_cuda else "cpu"))

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
+from ..errors import InputError
 from ..model.jepa import JEPA
 from ..model.masks import multiblock_mask, random_mask
 from .distributed import World, barrier
@@ -51,13 +52,13 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.mask not in ("multiblock", "random"):
-            raise ValueError(f"mask must be 'multiblock' or 'random', got {self.mask!r}")
+            raise InputError(f"mask must be 'multiblock' or 'random', got {self.mask!r}")
         if self.per_sample_masks and self.mask != "random":
-            raise ValueError("per-sample masks need --mask random (multi-block unions differ in size per sample)")
+            raise InputError("per-sample masks need --mask random (multi-block unions differ in size per sample)")
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
+            raise InputError("steps and batch_size must be positive")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def step_mask(cfg: PretrainConfig, step: int) -> torch.Tensor:
@@ -82,7 +83,7 @@ def step_indices(cfg: PretrainConfig, step: int, n: int) -> torch.Tensor:
 def rank_slice(world: World, batch: int) -> slice:
     """This rank's part of a global batch."""
     if batch % world.size:
-        raise ValueError(f"batch size {batch} is not divisible by the {world.size} processes")
+        raise InputError(f"batch size {batch} is not divisible by the {world.size} processes")
     per = batch // world.size
     return slice(world.rank * per, (world.rank + 1) * per)
 
@@ -159,9 +160,9 @@ def pretrain(
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=world.device, weights_only=True)
         if state.get("format") != CKPT_FORMAT:
-            raise ValueError(f"{ckpt_path} is not a pretraining checkpoint (format {state.get('format')!r})")
+            raise InputError(f"{ckpt_path} is not a pretraining checkpoint (format {state.get('format')!r})")
         if state["pretrain_config"] != asdict(cfg):
-            raise ValueError(
+            raise InputError(
                 f"{ckpt_path} was written by a run with another configuration: {state['pretrain_config']}; "
                 "resume with the same options or use a new output folder"
             )

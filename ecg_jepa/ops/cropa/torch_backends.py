@@ -1,8 +1,8 @@
-"""Pure-torch CroPA attention backends: ``reference``, ``sdpa``, ``flex`` and ``structured``.
+"""Pure-torch CroPA attention backends besides the reference: ``sdpa``, ``flex`` and ``structured``.
 
 Each takes q, k, v of shape (B, H, N, d), N = n_leads·T, tokens lead-major (index = lead·T + slot),
-and returns (B, H, N, d) in the input dtype. Token (l, t) attends (l', t') iff l == l' or t == t'.
-Inputs are validated once, in :func:`ecg_jepa.ops.cropa.cropa_attention`.
+and returns (B, H, N, d) in the input dtype. Inputs are validated once, in
+:func:`ecg_jepa.ops.cropa.cropa_attention`.
 """
 from __future__ import annotations
 
@@ -12,21 +12,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..model.masks import cropa_mask
-
-
-def _softmax(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Softmax over the last dim, computed in at least fp32, returned in ``dtype``."""
-    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    return torch.softmax(scores.to(wide), dim=-1).to(dtype)
-
-
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
-    """Materialized (N, N) scores, the boolean CroPA mask, softmax (fp32 for 16-bit inputs), then P @ V."""
-    n_slots = q.shape[-2] // n_leads
-    scores = (q @ k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~cropa_mask(n_leads, n_slots, q.device), float("-inf"))
-    return _softmax(scores, q.dtype) @ v
+from ..layout import cropa_allowed, cropa_mask
+from .reference import softmax_wide
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
@@ -40,11 +27,11 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale:
 def _flex_block_mask(n_leads: int, n_slots: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def cropa_mask_mod(b, h, q_idx, kv_idx):
-        return (q_idx // n_slots == kv_idx // n_slots) | (q_idx % n_slots == kv_idx % n_slots)
+    def mask_mod(b, h, q_idx, kv_idx):
+        return cropa_allowed(q_idx, kv_idx, n_slots)
 
     n = n_leads * n_slots
-    return create_block_mask(cropa_mask_mod, None, None, n, n, device=device)
+    return create_block_mask(mask_mod, None, None, n, n, device=device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +42,7 @@ def _compiled_flex():
 
 
 def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
-    """FlexAttention with a CroPA ``mask_mod``: compiled on CUDA; on the CPU eager (unfused, forward only)."""
+    """FlexAttention with the CroPA ``mask_mod``: compiled on CUDA; on the CPU eager (unfused, forward only)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     block_mask = _flex_block_mask(n_leads, q.shape[-2] // n_leads, str(q.device))
@@ -81,7 +68,7 @@ def structured(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, 
     col = torch.einsum("bhltd,bhmtd->bhltm", qs, ks)  # keys: same slot, every lead
     self_key = torch.eye(n_leads, dtype=torch.bool, device=q.device)[:, None, :]  # (L, 1, L): m == l
     col = col.masked_fill(self_key, float("-inf"))
-    probs = _softmax(torch.cat([row, col], dim=-1) * scale, q.dtype)
+    probs = softmax_wide(torch.cat([row, col], dim=-1) * scale, q.dtype)
     p_row, p_col = probs.split([n_slots, n_leads], dim=-1)
     out = torch.einsum("bhlts,bhlsd->bhltd", p_row, vs) + torch.einsum("bhltm,bhmtd->bhltd", p_col, vs)
     return out.reshape(b, h, n, d)

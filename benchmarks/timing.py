@@ -1,7 +1,8 @@
-"""Timing and provenance helpers shared by ``ecg-jepa bench`` and ``benchmarks/``.
+"""Timing, device ceilings and provenance shared by every benchmark.
 
-CPU: wall-clock over repeated calls (median with p20/p80). CUDA: CUDA events around each call, inputs
-rotated among several copies so the L2 cache does not flatter, never zeros.
+CPU: wall-clock over repeated calls (median with p20/p80). CUDA: ``triton.testing.do_bench`` (CUDA
+events, the L2 cache flushed before every call), median with p20/p80. Ceilings are measured in the same
+run: device copy bandwidth and a large bf16 matmul.
 """
 from __future__ import annotations
 
@@ -32,28 +33,37 @@ def _quantiles(samples: list[float]) -> Timing:
     return Timing(statistics.median(samples), pick(0.2), pick(0.8), len(samples))
 
 
-def time_call(fn: Callable[[int], object], device: torch.device, budget_s: float = 1.0, min_reps: int = 5,
+def time_call(fn: Callable[[], object], device: torch.device, budget_s: float = 1.0, min_reps: int = 5,
               max_reps: int = 200, warmup: int = 2) -> Timing:
-    """Time ``fn(i)`` (i: the call's index, for rotating inputs) until ``budget_s`` is spent."""
-    for i in range(warmup):
-        fn(i)
+    """Time ``fn()``: on CUDA with ``triton.testing.do_bench`` (``budget_s`` of repetitions), on the CPU by
+    the wall clock until ``budget_s`` is spent (at least ``min_reps`` calls)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        ms = max(25, int(budget_s * 1e3))
+        med, p20, p80 = triton.testing.do_bench(fn, warmup=max(10, ms // 4), rep=ms, quantiles=[0.5, 0.2, 0.8])
+        return Timing(med, p20, p80, -1)
+    for _ in range(warmup):
+        fn()
     samples: list[float] = []
     start = time.perf_counter()
-    cuda = device.type == "cuda"
     while len(samples) < min_reps or (time.perf_counter() - start < budget_s and len(samples) < max_reps):
-        i = len(samples)
-        if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn(i)
-            end.record()
-            end.synchronize()
-            samples.append(begin.elapsed_time(end))
-        else:
-            tic = time.perf_counter()
-            fn(i)
-            samples.append((time.perf_counter() - tic) * 1e3)
+        tic = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - tic) * 1e3)
     return _quantiles(samples)
+
+
+def ceilings(device: torch.device) -> dict:
+    """Measured device ceilings: copy bandwidth (GB/s, bytes read + written) and bf16 matmul (TFLOP/s)."""
+    if device.type != "cuda":
+        return {}
+    x = torch.empty(256 * 2**20, dtype=torch.float32, device=device).normal_()  # 1 GiB
+    y = torch.empty_like(x)
+    copy = time_call(lambda: y.copy_(x), device, 1.0)
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm = time_call(lambda: a @ a, device, 1.0)
+    return {"copy_GBps": 2 * 256 * 2**20 * 4 / copy.median / 1e6, "bf16_TFLOPs": 2 * 8192**3 / mm.median / 1e9}
 
 
 def git_commit(path: Path | None = None) -> str:

@@ -1,11 +1,12 @@
-"""The ``triton`` patch-embedding backend: the launcher for ``ecg_jepa.kernels.patch_embed`` registered as
-the custom op ``ecg_jepa::patch_embed_triton`` (fake implementation + autograd for x, weight, bias)."""
+"""The ``triton`` patch-embedding backend: launchers for ``ecg_jepa.kernels.patch_embed``, registered as
+``ecg_jepa::patch_embed_triton`` / ``_dx`` (see :mod:`.fused`). Imported on the backend's first call."""
 from __future__ import annotations
 
 import torch
 import triton
 
-from .dispatch import device_guard, interpreter_active
+from ..registry import device_guard, interpreter_active
+from .fused import register
 
 _BLOCK_T = 32
 
@@ -21,8 +22,7 @@ def _config(dim: int, patch: int, dtype: torch.dtype) -> dict:
     )
 
 
-@torch.library.custom_op("ecg_jepa::patch_embed_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def patch_embed_triton(
+def forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor, vis: torch.Tensor,
     lead_ids: torch.Tensor,
 ) -> torch.Tensor:
@@ -46,13 +46,7 @@ def patch_embed_triton(
     return out
 
 
-@patch_embed_triton.register_fake
-def _(x, weight, bias, pos, vis, lead_ids):
-    return x.new_empty((x.shape[0], x.shape[1] * vis.shape[1], weight.shape[0]))
-
-
-@torch.library.custom_op("ecg_jepa::patch_embed_triton_dx", mutates_args=(), device_types=("cuda", "cpu"))
-def patch_embed_triton_dx(grad: torch.Tensor, weight: torch.Tensor, vis: torch.Tensor, x_shape: list[int]) -> torch.Tensor:
+def dx(grad: torch.Tensor, weight: torch.Tensor, vis: torch.Tensor, x_shape: list[int]) -> torch.Tensor:
     """dY (B, L·T_vis, D) -> dx (B, L, S): dY·W at each visible patch, zero at hidden slots."""
     from ecg_jepa.kernels.patch_embed import patch_embed_dx_kernel
 
@@ -60,38 +54,16 @@ def patch_embed_triton_dx(grad: torch.Tensor, weight: torch.Tensor, vis: torch.T
     b, n_leads, samples = x_shape
     dim, patch = weight.shape
     n_tok = grad.shape[1]
-    dx = torch.zeros(x_shape, device=grad.device, dtype=grad.dtype)
+    grad_x = torch.zeros(x_shape, device=grad.device, dtype=grad.dtype)
     cfg = _config(dim, patch, grad.dtype)
     with device_guard(grad):
         patch_embed_dx_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
-            grad, weight, vis, dx,
+            grad, weight, vis, grad_x,
             grad.stride(0), grad.stride(1), weight.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,
-            dx.stride(0), dx.stride(1),
+            grad_x.stride(0), grad_x.stride(1),
             vis.shape[1], n_tok, dim, patch, **cfg,
         )
-    return dx
+    return grad_x
 
 
-@patch_embed_triton_dx.register_fake
-def _(grad, weight, vis, x_shape):
-    return grad.new_empty(x_shape)
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, pos, vis, lead_ids = inputs
-    ctx.save_for_backward(x, weight, vis)
-
-
-def _backward(ctx, grad):
-    x, weight, vis = ctx.saved_tensors
-    dx = dw = db = None
-    if ctx.needs_input_grad[0]:
-        dx = patch_embed_triton_dx(grad, weight, vis, list(x.shape))
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        from .patch_embed import weight_grads
-
-        dw, db = weight_grads(grad, x, weight, vis)
-    return dx, dw, db, None, None, None
-
-
-patch_embed_triton.register_autograd(_backward, setup_context=_setup_context)
+patch_embed_triton, patch_embed_triton_dx = register("triton", forward, dx)

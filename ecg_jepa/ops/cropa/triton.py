@@ -1,16 +1,16 @@
-"""The ``triton`` CroPA backend: launchers for ``ecg_jepa.kernels.cropa_*`` and their registration as
-``torch.library`` custom ops (``ecg_jepa::cropa_triton_fwd`` / ``_bwd``) with fake implementations and
-autograd, so ``torch.compile(fullgraph=True)`` traces through them.
+"""The ``triton`` CroPA backend: launchers for ``ecg_jepa.kernels.cropa_fwd`` / ``cropa_bwd``, registered
+as ``ecg_jepa::cropa_triton_fwd`` / ``_bwd`` (see :mod:`.fused`).
 
-The kernel modules are imported on first launch, never at import time: under ``TRITON_INTERPRET=1`` they
-run on CPU tensors (tests), otherwise on CUDA tensors.
+This module is imported on the first call of the backend, never by ``import ecg_jepa``: under
+``TRITON_INTERPRET=1`` the kernels run on CPU tensors (tests), otherwise on CUDA tensors.
 """
 from __future__ import annotations
 
 import torch
 import triton
 
-from .dispatch import device_guard, interpreter_active
+from ..registry import device_guard, interpreter_active
+from .fused import register
 
 LOG2E = 1.4426950408889634
 
@@ -37,10 +37,7 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-@torch.library.custom_op("ecg_jepa::cropa_triton_fwd", mutates_args=(), device_types=("cuda", "cpu"))
-def cropa_triton_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, H, N, d) q, k, v -> out (B, H, N, d) and merged log-sum-exp (B, H, N) fp32."""
     from ecg_jepa.kernels.cropa_fwd import cropa_fwd_kernel
 
@@ -59,21 +56,9 @@ def cropa_triton_fwd(
     return out, lse
 
 
-@cropa_triton_fwd.register_fake
-def _(q, k, v, n_leads, scale):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-@torch.library.custom_op("ecg_jepa::cropa_triton_bwd", mutates_args=(), device_types=("cuda", "cpu"))
-def cropa_triton_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    n_leads: int,
-    scale: float,
+def backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    n_leads: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv), each (B, H, N, d), from dO and the forward's out and merged LSE."""
     from ecg_jepa.kernels.cropa_bwd import cropa_bwd_dkdv_kernel, cropa_bwd_dq_kernel
@@ -97,28 +82,4 @@ def cropa_triton_bwd(
     return dq, dk, dv
 
 
-@cropa_triton_bwd.register_fake
-def _(grad_out, q, k, v, out, lse, n_leads, scale):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, n_leads, scale = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.n_leads, ctx.scale = n_leads, scale
-
-
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = cropa_triton_bwd(grad_out, q, k, v, out, lse, ctx.n_leads, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-cropa_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
-    """The fused Triton CroPA attention: (B, H, N, d) -> (B, H, N, d)."""
-    return cropa_triton_fwd(q, k, v, n_leads, scale)[0]
+attention, cropa_triton_fwd, cropa_triton_bwd = register("triton", forward, backward)

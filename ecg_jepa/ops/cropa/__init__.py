@@ -1,0 +1,145 @@
+"""``cropa_attention``: one op, many backends, the same answer, and a dispatcher that explains itself.
+
+Backends (one module each): ``reference`` (:mod:`.reference`, the eager twin every other backend is
+tested against), ``sdpa`` / ``flex`` / ``structured`` (:mod:`.torch_backends`), ``triton`` (:mod:`.triton`,
+kernels in ``kernels/cropa_*.py``) and ``cuda`` (:mod:`.cuda`, kernels in ``csrc/``). Their capabilities
+are declared below, once, as data; :mod:`.testing` holds the float64 oracle the tests and the benchmark
+check them with.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ... import build_ext
+from ...errors import InputError, InputTypeError
+from ..registry import Backend, Capabilities, Dispatcher, InputSpec, needs_grad, triton_available
+from . import torch_backends
+from .reference import reference
+
+FUSED_MAX_HEAD_DIM = 128
+"""The largest head dim of the fused kernels (Triton and CUDA; ``csrc/`` gets it from ``build_ext``)."""
+
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ALL_DTYPES = (*_FUSED_DTYPES, torch.float64)
+_HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+def _flex_available() -> str | None:
+    return None if _HAS_FLEX else "this torch has no FlexAttention"
+
+
+def _triton_run(q, k, v, n_leads, scale):
+    from .triton import attention
+
+    return attention(q, k, v, n_leads, scale)
+
+
+def _cuda_run(q, k, v, n_leads, scale):
+    from .cuda import attention
+
+    return attention(q, k, v, n_leads, scale)
+
+
+_FUSED = Capabilities(devices=("cuda",), dtypes=_FUSED_DTYPES, max_last_dim=FUSED_MAX_HEAD_DIM,
+                      min_capability=((torch.bfloat16, (8, 0)),))
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("reference", reference, Capabilities(dtypes=_ALL_DTYPES)),
+        Backend("sdpa", torch_backends.sdpa, Capabilities(dtypes=_ALL_DTYPES)),
+        Backend("flex", torch_backends.flex, Capabilities(dtypes=_ALL_DTYPES, backward_devices=("cuda",)),
+                available=_flex_available),
+        Backend("structured", torch_backends.structured, Capabilities(dtypes=_ALL_DTYPES)),
+        Backend("triton", _triton_run, Capabilities(**{**_FUSED.__dict__, "interpreted_on_cpu": True}),
+                available=triton_available),
+        Backend("cuda", _cuda_run, _FUSED, available=build_ext.why_unavailable,
+                note="built, never run on a GPU: auto skips it until its GPU parity tests pass"),
+    )
+}
+
+# Below this many slots per lead the structured form's small batched matmuls lose to sdpa on the CPU
+# (benchmarks/results/bench-cpu-*: T=10 structured 0.8x sdpa fwd+bwd, T=23 1.3x, T=50 1.7x).
+CPU_STRUCTURED_MIN_SLOTS = 16
+
+
+def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
+    """The order ``auto`` tries backends in for ``spec`` (fastest first, as measured in benchmarks/), and why."""
+    if spec.n_leads == 1:
+        return ("sdpa", "reference"), "n_leads=1: CroPA is full attention, which sdpa runs unmasked"
+    if spec.device == "cuda":
+        return ("triton", "flex", "sdpa", "structured", "reference"), "fastest first on a GPU"
+    if spec.shape[-2] // spec.n_leads < CPU_STRUCTURED_MIN_SLOTS:
+        return ("sdpa", "structured", "reference"), f"T < {CPU_STRUCTURED_MIN_SLOTS} slots per lead: sdpa beats structured on the CPU"
+    return ("structured", "sdpa", "reference"), "fastest first on the CPU"
+
+
+DISPATCH = Dispatcher("CroPA attention", BACKENDS, auto_order)
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise InputError(f"{name} must be (B, H, N, d), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise InputError(f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise InputTypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in _ALL_DTYPES:
+        raise InputTypeError(f"CroPA attention takes float32, float16, bfloat16 (or float64 on the torch backends), got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise InputError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not isinstance(n_leads, int) or n_leads < 1:
+        raise InputError(f"n_leads must be a positive int, got {n_leads!r}")
+    n = q.shape[-2]
+    if n == 0 or n % n_leads:
+        raise InputError(
+            f"N = {n} tokens is not a positive multiple of n_leads = {n_leads}: tokens must be lead-major, "
+            "n_leads·T of them (index = lead·T + slot)"
+        )
+
+
+def explain_backend(
+    q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, n_leads: int = 8,
+    backend: str = "auto",
+) -> str:
+    """Say which backend ``cropa_attention(q, k, v, n_leads, backend=backend)`` would use and every reason
+    each other one was or was not taken. k and v default to q."""
+    k = q if k is None else k
+    v = q if v is None else v
+    _check_inputs(q, k, v, n_leads)
+    return DISPATCH.explain(InputSpec.of(q, needs_grad(q, k, v), n_leads), backend)
+
+
+def cropa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_leads: int,
+    *,
+    backend: str = "auto",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Cross-Pattern Attention.
+
+    Args:
+        q, k, v: (B, H, N, d), one dtype (float32, float16 or bfloat16; float64 on the pure-torch
+            backends) and device. N = n_leads·T, tokens lead-major (index = lead·T + slot).
+        n_leads: leads L ≥ 1; T = N / L slots per lead, any T ≥ 1.
+        backend: "auto" (fastest that can run; see :func:`explain_backend`), "reference", "sdpa", "flex",
+            "structured", "triton" or "cuda".
+        scale: score scale, default d^-0.5.
+
+    Returns:
+        (B, H, N, d) in q's dtype: softmax attention where token (l, t) attends (l', t') iff l == l' or t == t'.
+    """
+    _check_inputs(q, k, v, n_leads)
+    name = DISPATCH.select(InputSpec.of(q, needs_grad(q, k, v), n_leads), backend)
+    return BACKENDS[name].run(q, k, v, n_leads, q.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+__all__ = ["BACKENDS", "DISPATCH", "FUSED_MAX_HEAD_DIM", "auto_order", "cropa_attention", "explain_backend"]

@@ -1,0 +1,49 @@
+"""The fused CroPA backends' ``torch.library`` ops, registered the same way for every kernel family
+(Triton, CUDA): ``ecg_jepa::cropa_<kind>_fwd(q, k, v, n_leads, scale) -> (out, lse)`` and
+``ecg_jepa::cropa_<kind>_bwd(grad_out, q, k, v, out, lse, n_leads, scale) -> (dq, dk, dv)``, with one
+fake implementation and one autograd formula.
+
+Shapes: q, k, v, out, grads (B, H, N, d), N = n_leads·T lead-major; lse (B, H, N) float32, the natural-log
+log-sum-exp of each query's scores over all the keys CroPA lets it see (the backward's P = exp(S - lse)).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..registry import differentiable, fused_op
+
+
+def _fwd_fake(q, k, v, n_leads, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+def _bwd_fake(grad_out, q, k, v, out, lse, n_leads, scale):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def register(kind: str, fwd_impl: Callable | None = None, bwd_impl: Callable | None = None):
+    """Register (or, for ops the CUDA extension defines, complete) the fwd/bwd pair of ``kind``; return
+    (the attention function ``(q, k, v, n_leads, scale) -> out``, the fwd op, the bwd op)."""
+    fwd = fused_op(f"cropa_{kind}_fwd", _fwd_fake, fwd_impl)
+    bwd = fused_op(f"cropa_{kind}_bwd", _bwd_fake, bwd_impl)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, n_leads, scale = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.n_leads, ctx.scale = n_leads, scale
+
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = bwd(grad_out, q, k, v, out, lse, ctx.n_leads, ctx.scale)
+        return dq, dk, dv, None, None
+
+    differentiable(f"cropa_{kind}_fwd", setup_context, backward)
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> torch.Tensor:
+        return fwd(q, k, v, n_leads, scale)[0]
+
+    return attention, fwd, bwd
