@@ -45,6 +45,7 @@ SHAPES = {
             AttnShape(64, 16, 12, 50, 48), AttnShape(64, 16, 8, 100, 48), AttnShape(64, 16, 8, 10, 48),
             AttnShape(256, 16, 8, 50, 48), AttnShape(16, 16, 8, 50, 48)],
 }
+SHAPES["goal"] = SHAPES["gpu"][:4]  # the shapes of the speed goals (benchmarks/results/performance-model.md)
 
 
 def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int) -> torch.Tensor:
@@ -68,15 +69,16 @@ def why_not_timed(impl: str, x: torch.Tensor, n_leads: int, grad: bool) -> str |
     return "; ".join(reasons) or None
 
 
-def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: float) -> list[Row]:
-    """One row per backend (and ``dense``): parity, forward and forward+backward."""
+def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: float,
+         impls: tuple[str, ...] | None = None) -> list[Row]:
+    """One row per backend (and ``dense``; or per name in ``impls``): parity, forward and forward+backward."""
     make = lambda: torch.randn(shape.b, shape.h, shape.n, shape.d, device=device, dtype=dtype)  # noqa: E731
     q, k, v, g = (make() for _ in range(4))
     keys = shape.slots + shape.leads - 1  # every query meets T + L - 1 keys
     flops = 4.0 * shape.b * shape.h * shape.n * shape.d * keys
     nbytes = 4.0 * shape.b * shape.h * shape.n * shape.d * q.element_size()
     out = []
-    for impl in (*BACKENDS, "dense"):
+    for impl in impls or (*BACKENDS, "dense"):
         row = Row("attention", str(shape), str(dtype).removeprefix("torch."), impl, "ok", flops=flops, bytes=nbytes)
         out.append(row)
         reason = why_not_timed(impl, q, shape.leads, False)

@@ -12,27 +12,37 @@ from .report import add_ratios, table, write
 from .timing import ceilings, machine
 
 
+PARTS = ("attention", "patch-embed", "block", "train-step", "data")
+
+
 def run(quick: bool = False, device: str | None = None, out: str | Path = "runs/bench",
-        budget: float | None = None) -> tuple[str, Path]:
+        budget: float | None = None, parts: tuple[str, ...] = PARTS, shapes: str | None = None,
+        impls: tuple[str, ...] | None = None) -> tuple[str, Path]:
     """Run the suite on ``device`` (default: the GPU when there is one); write
-    ``bench-<device>-<time>.{json,csv,md,png}`` under ``out``; return the Markdown and the files' stem."""
+    ``bench-<device>-<time>.{json,csv,md,png}`` under ``out``; return the Markdown and the files' stem.
+
+    parts: which benchmarks (:data:`PARTS`); shapes: the attention shape set (``bench_cropa.SHAPES``:
+    quick, cpu, gpu, goal; default by device); impls: only these attention backends (and ``dense``).
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kind = "quick" if quick else ("gpu" if dev.type == "cuda" else "cpu")
     budget = budget if budget is not None else (0.05 if quick else 1.0)
-    dtypes = [torch.bfloat16, torch.float16] if dev.type == "cuda" else [torch.float32]
+    gpu = dev.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
     rows = []
-    for i, shape in enumerate(bench_cropa.SHAPES[kind]):
-        for dtype in dtypes if i == 0 else dtypes[:1]:
-            rows += bench_cropa.rows(shape, dtype, dev, budget)
-    if dev.type == "cuda":
-        rows += bench_patch_embed.rows(4 if quick else 64, 64 if quick else 768, torch.bfloat16, dev, budget)
-        rows += bench_block.rows("tiny" if quick else "vit-b", 4 if quick else 64, dev, torch.bfloat16, budget)
-        rows += bench_train_step.rows("tiny" if quick else "vit-b", 4 if quick else 64, dev, torch.bfloat16, budget)
-    else:
-        rows += bench_patch_embed.rows(4 if quick else 64, 64 if quick else 768, torch.float32, dev, budget)
-        rows += bench_block.rows("tiny", 4 if quick else 32, dev, torch.float32, budget)
-        rows += bench_train_step.rows("tiny", 4 if quick else 32, dev, torch.float32, budget)
-    rows += bench_data.rows(16 if quick else 512, 512 if quick else 8192, workers=2)
+    if "attention" in parts:
+        for i, shape in enumerate(bench_cropa.SHAPES[shapes or kind]):
+            for dt in ([torch.bfloat16, torch.float16] if gpu and i == 0 else [dtype]):
+                rows += bench_cropa.rows(shape, dt, dev, budget, impls)
+    if "patch-embed" in parts:
+        rows += bench_patch_embed.rows(4 if quick else 64, 64 if quick else 768, dtype, dev, budget)
+    preset, batch = ("tiny", 4) if quick else (("vit-b", 64) if gpu else ("tiny", 32))
+    if "block" in parts:
+        rows += bench_block.rows(preset, batch, dev, dtype, budget)
+    if "train-step" in parts:
+        rows += bench_train_step.rows(preset, batch, dev, dtype, budget)
+    if "data" in parts:
+        rows += bench_data.rows(16 if quick else 512, 512 if quick else 8192, workers=2)
     add_ratios(rows)
     ceil = ceilings(dev)
     info = {**machine(dev), "ceilings": ceil, "kind": kind, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -100,6 +100,16 @@ def build(verbose: bool = False) -> Path:
     return out / "ecg_jepa_C.so"
 
 
+WIDE_SIDE_MARK = "// wide side"
+"""Marks the source lines of a kernel's hot global accesses; ``ecg_jepa.kernel_report`` checks that the
+SASS issues them 16 bytes wide."""
+
+
+def wide_side_lines(source: Path) -> list[int]:
+    """1-based line numbers of ``source`` that carry :data:`WIDE_SIDE_MARK`."""
+    return [i for i, line in enumerate(source.read_text().splitlines(), start=1) if WIDE_SIDE_MARK in line]
+
+
 _loaded = {"done": False}
 
 

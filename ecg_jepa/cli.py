@@ -160,11 +160,19 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .benchmarks.suite import run
+    from .benchmarks.suite import PARTS, run
+    from .ops.cropa import BACKENDS
 
+    parts = tuple(args.only.split(","))
+    impls = tuple(args.backends.split(",")) if args.backends else None
+    for name, given, known in (("part", parts, PARTS), ("backend", impls or (), (*BACKENDS, "dense"))):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise InputError(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    md, stem = run(quick=args.quick, device=args.device, out=args.out, budget=args.budget)
+    md, stem = run(quick=args.quick, device=args.device, out=args.out, budget=args.budget,
+                   parts=parts, shapes=args.shapes, impls=impls)
     print(md)
     print(f"results: {stem}.{{json,csv,md,png}}")
     return 0
@@ -313,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 1, quick 0.05)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--only", default="attention,patch-embed,block,train-step,data",
+                   help="comma-separated parts to run: attention, patch-embed, block, train-step, data")
+    p.add_argument("--shapes", default=None, choices=["quick", "cpu", "gpu", "goal"],
+                   help="attention shapes (default: gpu or cpu by device; goal: the speed goals' four shapes)")
+    p.add_argument("--backends", default=None, help="only these attention backends, e.g. sdpa,flex,triton,dense")
     p.add_argument("--out", default="runs/bench", help="folder for the result files (benchmarks/results/ keeps "
                    "the ones worth committing)")
     p.set_defaults(func=_bench)

@@ -1,71 +1,94 @@
 """Fused CroPA attention forward (Triton).
 
-One program handles BLOCK_M query slots of one (batch, head, lead). Each query (l, t) sees the T keys
-of its own lead (the "row" part, a FlashAttention inner loop over key blocks with ``tl.dot``) and the
-L - 1 keys (m, t), m != l, of its own slot (the "column" part: one key per query row, so an elementwise
-product and a row sum per lead m). Both parts share one online softmax; the (N, N) score matrix is never
-formed. Output: O (B, H, N, d) and the merged natural-log LSE (B, H, N) fp32 for the backward.
+A query (l, t) sees the T keys of its own lead (the "row" part) and the L - 1 keys (m, t), m != l, of
+its own slot (the "column" part), under one softmax; the (N, N) score matrix never exists.
 
-Layout: every tensor is (B, H, N, d) with unit stride along d and N = L·T lead-major. The kernel works in
-base 2: the host passes ``qk_scale = scale·log2(e)``.
+One program owns a (batch, head) and LEADS_PER_PROGRAM of its leads (all of them by default), so every
+K and V row of the (batch, head) is read from memory once and then found in the L1/L2 caches by the
+other leads' column parts. For each of its leads and each block of BLOCK_T query slots:
+
+1. column scores first: for every other lead m, the row-wise dot of the query tile with lead m's key
+   rows at the same slots (fp32 on the CUDA cores), collected in a (BLOCK_T, LANES) tile;
+2. the row part, FlashAttention-style over blocks of key slots (``tl.dot``: tensor cores), with the
+   running maximum started at the column scores' maximum, so no tile is ever rescaled for the column;
+3. the column probabilities under the final maximum, and their values: one fp32 multiply-add of lead
+   m's value rows per other lead.
+
+Outputs: O (B, H, N, d) in the input dtype and the merged natural-log LSE (B, H, N) fp32 for the
+backward. The kernel works in base 2: the host passes ``qk_scale = scale·log2(e)``.
 """
 import triton
 import triton.language as tl
 
-from .cropa_common import lead_tile, load_tile
+from .cropa_common import load_rows, pick, store_rows
+
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "T"])
 def cropa_fwd_kernel(
     Q, K, V, O, LSE,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
-    H, L, T, D, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    H, L, T, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr,
+    LEADS_PER_PROGRAM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    lead, bh, b, h, offs_t, offs_d, t_ok, d_ok = lead_tile(H, L, T, D, BLOCK_M, BLOCK_D)
+    groups = tl.cdiv(L, LEADS_PER_PROGRAM)
+    bh = tl.program_id(0) // groups
+    first = (tl.program_id(0) % groups) * LEADS_PER_PROGRAM
+    b = bh // H
+    h = bh % H
     q_base = Q + b * sqb + h * sqh
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
+    o_base = O + b * sob + h * soh
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    lanes = tl.arange(0, LANES)
 
-    q = load_tile(q_base, lead * T + offs_t, sqn, offs_d, t_ok, d_ok, UPCAST)
+    blocks = tl.cdiv(T, BLOCK_T)
+    for item in range(0, (tl.minimum(first + LEADS_PER_PROGRAM, L) - first) * blocks):  # (lead, slot block)
+        lead = first + item // blocks
+        slots = (item % blocks) * BLOCK_T + offs_t
+        t_ok = slots < T
+        q = load_rows(q_base, lead * T + slots, sqn, offs_d, t_ok, d_ok, UPCAST)
+        qf = q.to(tl.float32)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        # 1. Column scores: key (m, t) for every other lead m (m = lead + j mod L, j = 1..L-1).
+        s_col = tl.full([BLOCK_T, LANES], float("-inf"), tl.float32)
+        for j in range(1, L):
+            m = (lead + j) % L
+            k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
+            s = tl.sum(qf * k_m, 1) * qk_scale
+            s_col = tl.where(lanes[None, :] == m, s[:, None], s_col)
+        m_i = tl.max(s_col, 1)  # -inf with one lead
+        l_i = tl.zeros([BLOCK_T], tl.float32)
+        acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
 
-    # Row part first: key slot 0 is in the first block, so m_i is finite afterwards for every row.
-    for start in range(0, T, BLOCK_N):
-        offs_s = start + tl.arange(0, BLOCK_N)
-        s_ok = offs_s < T
-        k = load_tile(k_base, lead * T + offs_s, skn, offs_d, s_ok, d_ok, UPCAST)
-        v = load_tile(v_base, lead * T + offs_s, svn, offs_d, s_ok, d_ok, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(s_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        # 2. Row part: the lead's keys, block by block. Key slot 0 is in the first block, so m_i is
+        # finite after it for every row.
+        for s0 in range(0, T, BLOCK_T):
+            keys = s0 + offs_t
+            s_ok = keys < T
+            k = load_rows(k_base, lead * T + keys, skn, offs_d, s_ok, d_ok, UPCAST)
+            v = load_rows(v_base, lead * T + keys, svn, offs_d, s_ok, d_ok, UPCAST)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(s_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
 
-    # Column part: key (m, t) for every other lead m.
-    qf = q.to(tl.float32)
-    tile_mask = t_ok[:, None] & d_ok[None, :]
-    for m in range(0, L):
-        kc = load_tile(k_base, m * T + offs_t, skn, offs_d, t_ok, d_ok, True)
-        vc = load_tile(v_base, m * T + offs_t, svn, offs_d, t_ok, d_ok, True)
-        s = tl.sum(qf * kc, 1) * qk_scale
-        s = tl.where(t_ok & (m != lead), s, float("-inf"))
-        m_new = tl.maximum(m_i, s)
-        p = tl.exp2(s - m_new)
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * vc
-        m_i = m_new
+        # 3. Column part under the final maximum.
+        p_col = tl.exp2(s_col - m_i[:, None])
+        l_i += tl.sum(p_col, 1)
+        for j in range(1, L):
+            m = (lead + j) % L
+            v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
+            acc += pick(p_col, lanes, m)[:, None] * v_m
 
-    out = acc / l_i[:, None]
-    o_ptrs = O + b * sob + h * soh + (lead * T + offs_t)[:, None] * son + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=tile_mask)
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log
-    tl.store(LSE + bh * L * T + lead * T + offs_t, lse, mask=t_ok)
+        store_rows(o_base, lead * T + slots, son, offs_d, t_ok, d_ok, acc / l_i[:, None])
+        tl.store(LSE + bh * L * T + lead * T + slots, (m_i + tl.log2(l_i)) * LN2, mask=t_ok)

@@ -27,6 +27,18 @@ def _visible_tokens(VIS, svisb, T_VIS, N_TOK, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def store_tokens(OUT, b, sob, tok, son, offs_d, mask, acc):
+    """Write a (BLOCK_T, BLOCK_D) tile of token rows: the kernel's wide side (D-wide rows, 16-byte aligned)."""
+    tl.store(OUT + b * sob + tok[:, None] * son + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def load_tokens(DY, b, sdyb, tok, sdyn, offs_d, mask):
+    """Read a (BLOCK_T, BLOCK_D) tile of token-gradient rows: dx's wide side."""
+    return tl.load(DY + b * sdyb + tok[:, None] * sdyn + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def patch_embed_fwd_kernel(
     X, W, BIAS, POS, VIS, LEAD_IDS, OUT,
     sxb, sxl, swd, sposr, svisb, sob, son,
@@ -53,7 +65,7 @@ def patch_embed_fwd_kernel(
         acc += tl.load(BIAS + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
         tile = tok_ok[:, None] & d_ok[None, :]
         acc += tl.load(POS + pos_row[:, None] * sposr + offs_d[None, :], mask=tile, other=0.0).to(tl.float32)
-        tl.store(OUT + b * sob + tok[:, None] * son + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=tile)
+        store_tokens(OUT, b, sob, tok, son, offs_d, tile, acc)
 
 
 @triton.jit
@@ -71,7 +83,7 @@ def patch_embed_dx_kernel(
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        dy = tl.load(DY + b * sdyb + tok[:, None] * sdyn + offs_d[None, :], mask=tok_ok[:, None] & d_ok[None, :], other=0.0)
+        dy = load_tokens(DY, b, sdyb, tok, sdyn, offs_d, tok_ok[:, None] & d_ok[None, :])
         w = tl.load(W + offs_d[:, None] * swd + offs_p[None, :], mask=d_ok[:, None] & p_ok[None, :], other=0.0)
         if UPCAST:
             dy = dy.to(tl.float32)

@@ -13,7 +13,8 @@ from ecg_jepa.ops.registry import InputSpec
 
 TORCH_BACKENDS = ["sdpa", "structured"]
 # (n_leads, T, d): every required value of each, in combinations the interpreter runs in seconds.
-TRITON_SHAPES = [(1, 7, 16), (2, 50, 48), (8, 7, 64), (12, 1, 128), (8, 50, 48), (12, 7, 24), (1, 50, 128), (2, 1, 64)]
+TRITON_SHAPES = [(1, 7, 16), (2, 50, 48), (8, 7, 64), (12, 1, 128), (8, 50, 48), (12, 7, 24), (1, 50, 128), (2, 1, 64),
+                 (2, 100, 16), (3, 70, 32), (5, 17, 48)]  # T > 64: several slot blocks
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 

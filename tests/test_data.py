@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import wfdb
 from conftest import SHARED_DATA
 from torch.utils.data import DataLoader
 
@@ -21,6 +20,8 @@ from ecg_jepa.data import (
     prepare_data,
     read_record,
 )
+
+wfdb = pytest.importorskip("wfdb")  # the reader of WFDB records (not in every GPU image)
 
 DATA = Path(SHARED_DATA)
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")

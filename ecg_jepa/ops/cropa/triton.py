@@ -1,10 +1,17 @@
 """The ``triton`` CroPA backend: launchers for ``ecg_jepa.kernels.cropa_fwd`` / ``cropa_bwd``, registered
 as ``ecg_jepa::cropa_triton_fwd`` / ``_bwd`` (see :mod:`.fused`).
 
+Compiled variants are bounded: the kernels do not specialize on L or T (runtime loop bounds), and T
+only picks a slot tile, BLOCK_T in :data:`SLOT_TILES`, so a training run whose visible slot count changes
+every step meets at most ``len(SLOT_TILES)`` variants per (dtype, head dim) and can warm them all up front
+(:func:`warm_up`).
+
 This module is imported on the first call of the backend, never by ``import ecg_jepa``: under
 ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (tests), otherwise on CUDA tensors.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -13,19 +20,59 @@ from ..registry import device_guard, interpreter_active
 from .fused import register
 
 LOG2E = 1.4426950408889634
+SLOT_TILES = (16, 32, 64)
+"""The slot tiles: T ≤ 16 -> 16, T ≤ 32 -> 32, otherwise 64 (T > 64 loops over blocks of 64)."""
 
 
-def _launch_config(n_slots: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """Tile sizes: one tile covers a whole lead for T ≤ 64 (the ECG case), d padded to a power of two."""
-    block = min(64, max(16, triton.next_power_of_2(n_slots)))
+@dataclass(frozen=True)
+class Config:
+    """One launch configuration (everything the kernels take as compile-time constants)."""
+
+    block_t: int
+    bwd_block_t: int
+    block_d: int
+    lanes: int
+    leads_per_program: int
+    num_warps: int
+    bwd_num_warps: int
+    upcast: bool
+    dot_precision: str
+
+
+def slot_tile(n_slots: int, largest: int = SLOT_TILES[-1]) -> int:
+    """The slot tile for T slots per lead (at most ``largest``)."""
+    return next((tile for tile in SLOT_TILES if n_slots <= tile or tile == largest), largest)
+
+
+def config(n_leads: int, n_slots: int, head_dim: int, dtype: torch.dtype) -> Config:
+    """The launch configuration for an (L, T, d, dtype) problem: one program per (batch, head) with every
+    lead in it (K and V read once); d padded to a power of two ≥ 16.
+
+    Tiles and warps are the largest that compile without register spills for sm_80 and sm_90 (checked by
+    ``python -m ecg_jepa.kernel_report --check`` in CI): forward 64-slot tiles of 16-bit rows up to d = 64;
+    backward 32-slot tiles (it holds twice the forward's tiles); d = 128 takes 32-slot tiles and 8 warps.
+    fp32 is the exact, slow path: IEEE fp32 products on
+    the CUDA cores (no tf32), 16-slot tiles forward, 32-slot tiles (16 at d = 128) with 8 warps backward.
+    """
     block_d = max(16, triton.next_power_of_2(head_dim))
-    return dict(
-        BLOCK_M=block,
-        BLOCK_N=block,
-        BLOCK_D=block_d,
-        UPCAST=interpreter_active(),
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-        num_warps=4 if block_d <= 64 else 8,
+    fp32 = dtype == torch.float32
+    if fp32:
+        fwd_tile, bwd_tile = 16, 16 if block_d > 64 else 32
+    elif block_d > 64:
+        fwd_tile, bwd_tile = 32, 32
+    else:
+        fwd_tile, bwd_tile = 64, 32
+    warps = 8 if block_d > 64 else 4
+    return Config(
+        block_t=slot_tile(n_slots, fwd_tile),
+        bwd_block_t=slot_tile(n_slots, bwd_tile),
+        block_d=block_d,
+        lanes=max(2, triton.next_power_of_2(n_leads)),
+        leads_per_program=n_leads,
+        num_warps=warps,
+        bwd_num_warps=8 if fp32 else warps,
+        upcast=interpreter_active(),
+        dot_precision="ieee",
     )
 
 
@@ -37,22 +84,43 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, N, d) q, k, v -> out (B, H, N, d) and merged log-sum-exp (B, H, N) fp32."""
+def fwd_launch(q, k, v, out, lse, n_leads: int, scale: float, cfg: Config):
+    """(kernel, grid, args, kwargs) of the forward launch (also what ``ecg_jepa.kernel_report`` compiles)."""
     from ecg_jepa.kernels.cropa_fwd import cropa_fwd_kernel
 
+    b, h, n, d = q.shape
+    groups = triton.cdiv(n_leads, cfg.leads_per_program)
+    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            h, n_leads, n // n_leads, scale * LOG2E)
+    kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, LANES=cfg.lanes,
+                  LEADS_PER_PROGRAM=cfg.leads_per_program, UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision,
+                  num_warps=cfg.num_warps, num_stages=1)
+    return cropa_fwd_kernel, (b * h * groups,), args, kwargs
+
+
+def bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads: int, scale: float, cfg: Config):
+    """(kernel, grid, args, kwargs) of the backward launch."""
+    from ecg_jepa.kernels.cropa_bwd import cropa_bwd_kernel
+
+    b, h, n, d = q.shape
+    args = (q, k, v, out, grad_out, lse, delta, dq, dk, dv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
+            *_strides(dq), *_strides(dk), *_strides(dv), h, n_leads, n // n_leads, scale, scale * LOG2E)
+    kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.bwd_block_t, BLOCK_D=cfg.block_d, UPCAST=cfg.upcast,
+                  DOT_PRECISION=cfg.dot_precision, num_warps=cfg.bwd_num_warps, num_stages=1)
+    return cropa_bwd_kernel, (b * h,), args, kwargs
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, N, d) q, k, v -> out (B, H, N, d) and merged log-sum-exp (B, H, N) fp32."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     b, h, n, d = q.shape
-    t = n // n_leads
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
-    cfg = _launch_config(t, d, q.dtype)
-    grid = (triton.cdiv(t, cfg["BLOCK_M"]), b * h * n_leads)
+    cfg = config(n_leads, n // n_leads, d, q.dtype)
+    kernel, grid, args, kwargs = fwd_launch(q, k, v, out, lse, n_leads, scale, cfg)
     with device_guard(q):
-        cropa_fwd_kernel[grid](
-            q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            h, n_leads, t, d, scale * LOG2E, **cfg,
-        )
+        kernel[grid](*args, **kwargs)
     return out, lse
 
 
@@ -61,25 +129,30 @@ def backward(
     n_leads: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv), each (B, H, N, d), from dO and the forward's out and merged LSE."""
-    from ecg_jepa.kernels.cropa_bwd import cropa_bwd_dkdv_kernel, cropa_bwd_dq_kernel
-
-    grad_out, q, k, v = (_unit_last(x) for x in (grad_out, q, k, v))
+    grad_out, q, k, v, out = (_unit_last(x) for x in (grad_out, q, k, v, out))
     b, h, n, d = q.shape
-    t = n // n_leads
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # rowsum(dO ∘ O), (B, H, N)
     lse = lse.contiguous()
+    delta = torch.empty_like(lse)  # rowsum(dO ∘ O), written and read by the kernel
     dq, dk, dv = (torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
-    cfg = _launch_config(t, d, q.dtype)
-    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+    cfg = config(n_leads, n // n_leads, d, q.dtype)
+    kernel, grid, args, kwargs = bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads, scale, cfg)
     with device_guard(q):
-        cropa_bwd_dq_kernel[(triton.cdiv(t, cfg["BLOCK_M"]), b * h * n_leads)](
-            q, k, v, grad_out, dq, lse, delta, *common, *_strides(dq), h, n_leads, t, d, scale, **cfg
-        )
-        cropa_bwd_dkdv_kernel[(triton.cdiv(t, cfg["BLOCK_N"]), b * h * n_leads)](
-            q, k, v, grad_out, dk, dv, lse, delta, *common, *_strides(dk), *_strides(dv),
-            h, n_leads, t, d, scale, **cfg,
-        )
+        kernel[grid](*args, **kwargs)
     return dq, dk, dv
 
 
 attention, cropa_triton_fwd, cropa_triton_bwd = register("triton", forward, backward)
+
+
+def warm_up(device: torch.device | str, dtype: torch.dtype, head_dim: int, heads: int, n_leads: int,
+            grad: bool = True) -> int:
+    """Compile (by running once, on a batch of one) every slot-tile variant of the kernels for inputs laid
+    out as :class:`~ecg_jepa.CroPAAttention` makes them (views of one qkv projection, so the strides'
+    specializations match), so no compilation lands in a timed or training step. Returns the count."""
+    for tile in SLOT_TILES:
+        qkv = torch.randn(1, n_leads * tile, 3, heads, head_dim, device=device, dtype=dtype, requires_grad=grad)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, n_leads, head_dim ** -0.5)
+        if grad:
+            out.sum().backward()
+    return len(SLOT_TILES)

@@ -8,18 +8,50 @@ import triton
 from ..registry import device_guard, interpreter_active
 from .fused import register
 
-_BLOCK_T = 32
+def _block_t(dtype: torch.dtype) -> int:
+    """Tokens per program: 32, or 16 for fp32, whose IEEE products run on the CUDA cores and need more
+    registers (no spills either way: ``python -m ecg_jepa.kernel_report``)."""
+    return 16 if dtype == torch.float32 else 32
 
 
 def _config(dim: int, patch: int, dtype: torch.dtype) -> dict:
     return dict(
-        BLOCK_T=_BLOCK_T,
+        BLOCK_T=_block_t(dtype),
         BLOCK_D=min(64, max(16, triton.next_power_of_2(dim))),
         BLOCK_P=max(16, triton.next_power_of_2(patch)),
         UPCAST=interpreter_active(),
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee",
         num_warps=4,
     )
+
+
+def _vis_stride(vis: torch.Tensor) -> int:
+    return vis.stride(0) if vis.shape[0] > 1 else 0
+
+
+def fwd_launch(x, weight, bias, pos, vis, lead_ids, out):
+    """(kernel, grid, args, kwargs) of the forward launch (also what ``ecg_jepa.kernel_report`` compiles)."""
+    from ecg_jepa.kernels.patch_embed import patch_embed_fwd_kernel
+
+    b, n_leads, samples = x.shape
+    dim, patch = weight.shape
+    n_tok = n_leads * vis.shape[1]
+    args = (x, weight, bias, pos, vis, lead_ids, out,
+            x.stride(0), x.stride(1), weight.stride(0), pos.stride(0), _vis_stride(vis), out.stride(0), out.stride(1),
+            vis.shape[1], samples // patch, n_tok, dim, patch)
+    return patch_embed_fwd_kernel, (triton.cdiv(n_tok, _block_t(x.dtype)), b), args, _config(dim, patch, x.dtype)
+
+
+def dx_launch(grad, weight, vis, grad_x):
+    """(kernel, grid, args, kwargs) of the dx launch."""
+    from ecg_jepa.kernels.patch_embed import patch_embed_dx_kernel
+
+    dim, patch = weight.shape
+    n_tok = grad.shape[1]
+    args = (grad, weight, vis, grad_x,
+            grad.stride(0), grad.stride(1), weight.stride(0), _vis_stride(vis), grad_x.stride(0), grad_x.stride(1),
+            vis.shape[1], n_tok, dim, patch)
+    return patch_embed_dx_kernel, (triton.cdiv(n_tok, _block_t(grad.dtype)), grad.shape[0]), args, _config(dim, patch, grad.dtype)
 
 
 def forward(
@@ -28,41 +60,21 @@ def forward(
 ) -> torch.Tensor:
     """x (B, L, S), weight (D, P), bias (D,), pos (rows, D), vis (1 or B, T_vis) int32, lead_ids (L,) int32
     -> (B, L·T_vis, D)."""
-    from ecg_jepa.kernels.patch_embed import patch_embed_fwd_kernel
-
     x, weight, pos, vis = x.contiguous(), weight.contiguous(), pos.contiguous(), vis.contiguous()
-    b, n_leads, samples = x.shape
-    dim, patch = weight.shape
-    n_tok = n_leads * vis.shape[1]
-    out = torch.empty((b, n_tok, dim), device=x.device, dtype=x.dtype)
-    cfg = _config(dim, patch, x.dtype)
+    out = torch.empty((x.shape[0], x.shape[1] * vis.shape[1], weight.shape[0]), device=x.device, dtype=x.dtype)
+    kernel, grid, args, kwargs = fwd_launch(x, weight, bias, pos, vis, lead_ids, out)
     with device_guard(x):
-        patch_embed_fwd_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
-            x, weight, bias, pos, vis, lead_ids, out,
-            x.stride(0), x.stride(1), weight.stride(0), pos.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,
-            out.stride(0), out.stride(1),
-            vis.shape[1], samples // patch, n_tok, dim, patch, **cfg,
-        )
+        kernel[grid](*args, **kwargs)
     return out
 
 
 def dx(grad: torch.Tensor, weight: torch.Tensor, vis: torch.Tensor, x_shape: list[int]) -> torch.Tensor:
     """dY (B, L·T_vis, D) -> dx (B, L, S): dY·W at each visible patch, zero at hidden slots."""
-    from ecg_jepa.kernels.patch_embed import patch_embed_dx_kernel
-
     grad, weight, vis = grad.contiguous(), weight.contiguous(), vis.contiguous()
-    b, n_leads, samples = x_shape
-    dim, patch = weight.shape
-    n_tok = grad.shape[1]
     grad_x = torch.zeros(x_shape, device=grad.device, dtype=grad.dtype)
-    cfg = _config(dim, patch, grad.dtype)
+    kernel, grid, args, kwargs = dx_launch(grad, weight, vis, grad_x)
     with device_guard(grad):
-        patch_embed_dx_kernel[(triton.cdiv(n_tok, _BLOCK_T), b)](
-            grad, weight, vis, grad_x,
-            grad.stride(0), grad.stride(1), weight.stride(0), vis.stride(0) if vis.shape[0] > 1 else 0,
-            grad_x.stride(0), grad_x.stride(1),
-            vis.shape[1], n_tok, dim, patch, **cfg,
-        )
+        kernel[grid](*args, **kwargs)
     return grad_x
 
 

@@ -1,0 +1,93 @@
+"""Sweep the Triton CroPA kernels' launch configurations on a GPU: ``python -m ecg_jepa.benchmarks.tune_cropa``.
+
+For each shape of the speed goals, every configuration near the default (leads per program, warps, slot
+tiles) is checked for parity against the float64 oracle on one sample, then timed (forward alone, backward
+alone) with ``triton.testing.do_bench``. Prints a table and writes JSON; the defaults in
+``ecg_jepa.ops.cropa.triton.config`` are meant to follow what this measures.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ecg_jepa.ops.cropa import triton as launch
+from ecg_jepa.ops.cropa.testing import oracle
+from ecg_jepa.ops.parity import check
+
+from .bench_cropa import SHAPES, AttnShape
+from .timing import machine, time_call
+
+
+def _tensors(shape: AttnShape, dtype: torch.dtype):
+    qkv = torch.randn(shape.b, shape.n, 3, shape.h, shape.d, device="cuda", dtype=dtype)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # as CroPAAttention lays them out
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(shape.b, shape.h, shape.n, device="cuda")
+    return q, k, v, out, lse
+
+
+def candidates(base: launch.Config, n_leads: int) -> list[launch.Config]:
+    """The default and its neighbours: leads per program L, L/2, 2, 1; 4 or 8 warps; the other slot tile."""
+    groups = sorted({n_leads, max(1, n_leads // 2), min(2, n_leads), 1}, reverse=True)
+    out = [base]
+    for g in groups:
+        for warps in (4, 8):
+            for tile in {base.block_t, max(16, base.block_t // 2)}:
+                cfg = dataclasses.replace(base, leads_per_program=g, num_warps=warps, block_t=tile)
+                if cfg not in out:
+                    out.append(cfg)
+    for warps in (4, 8):
+        for tile in {base.bwd_block_t, min(64, base.bwd_block_t * 2)}:
+            cfg = dataclasses.replace(base, bwd_num_warps=warps, bwd_block_t=tile)
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+def measure(shape: AttnShape, dtype: torch.dtype, cfg: launch.Config, budget: float) -> dict:
+    q, k, v, out, lse = _tensors(shape, dtype)
+    scale = shape.d ** -0.5
+    kernel, grid, args, kwargs = launch.fwd_launch(q, k, v, out, lse, shape.leads, scale, cfg)
+    fwd = time_call(lambda: kernel[grid](*args, **kwargs), q.device, budget)
+    parity = check("out", out[:1], oracle(q[:1].cpu(), k[:1].cpu(), v[:1].cpu(), shape.leads),
+                   oracle(q[:1].cpu(), k[:1].cpu(), v[:1].cpu(), shape.leads).to(dtype))
+    g = torch.randn_like(out)
+    delta = torch.empty_like(lse)
+    grads = [torch.empty_like(out) for _ in range(3)]
+    kernel, grid, args, kwargs = launch.bwd_launch(g, q, k, v, out, lse, delta, *grads, shape.leads, scale, cfg)
+    bwd = time_call(lambda: kernel[grid](*args, **kwargs), q.device, budget)
+    return {"config": dataclasses.asdict(cfg), "fwd_ms": fwd.median, "bwd_ms": bwd.median,
+            "fwd_parity": "ok" if parity.ok else str(parity)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ecg_jepa.benchmarks.tune_cropa", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="goal", choices=sorted(SHAPES))
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds of timing per configuration and pass")
+    parser.add_argument("--json", default="runs/bench/tune-cropa.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_cropa needs a GPU")
+    results = []
+    for shape in SHAPES[args.shapes]:
+        base = launch.config(shape.leads, shape.slots, shape.d, torch.bfloat16)
+        for cfg in candidates(base, shape.leads):
+            row = {"shape": str(shape), "default": cfg == base, **measure(shape, torch.bfloat16, cfg, args.budget)}
+            results.append(row)
+            c = row["config"]
+            print(f"{row['shape']:<28} G={c['leads_per_program']} warps={c['num_warps']}/{c['bwd_num_warps']} "
+                  f"tile={c['block_t']}/{c['bwd_block_t']}{' (default)' if row['default'] else '':<10} "
+                  f"fwd {row['fwd_ms']:.4f} ms  bwd {row['bwd_ms']:.4f} ms  {row['fwd_parity']}", flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"machine": machine(torch.device("cuda")),
+                                           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

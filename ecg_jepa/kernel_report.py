@@ -1,0 +1,315 @@
+"""Offline report of every kernel of the package, compiled for the GPUs we target, on a machine without one:
+``python -m ecg_jepa.kernel_report [--json FILE] [--check] [--arch 90 80]``.
+
+Triton kernels are compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``
+from the very arguments their launchers pass (CPU tensors of the benchmark shapes, laid out as the model
+lays them out), run through the JIT's own binder, so the specializations (16-byte-aligned pointers,
+integers divisible by 16) are those a real launch applies: the report describes code that runs. CUDA
+kernels (``csrc/``) are compiled with nvcc to cubins. Both are read with the ``cuobjdump`` / ``nvdisasm``
+that ship inside triton's package.
+
+One row per kernel, configuration and architecture: registers, spill bytes (stack + local), shared memory
+(static + dynamic), tensor-core instructions (HGMMA on sm_90, HMMA), the global accesses of the kernel's
+wide side (its tile loads; for the patch embedding the token rows) by width, and the CTAs per SM those
+resources allow. ``--check`` exits 1 on any spill, or on a wide-side access narrower than 16 bytes for
+bf16/fp16 at a head dim (embedding width) of 32 or more.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"  # compile for the GPU, whatever the caller's environment says
+
+import torch  # noqa: E402
+
+# Per-SM resources: registers, shared memory usable by CTAs (bytes), threads, CTAs.
+SM_LIMITS = {90: (65536, 228 * 1024, 2048, 32), 80: (65536, 164 * 1024, 2048, 32)}
+SHAPE = dict(heads=16, leads=8, slots=50)  # the paper's attention shape (batch does not change the code)
+WIDTH = {"": 4, ".64": 8, ".128": 16, ".U8": 1, ".S8": 1, ".U16": 2, ".S16": 2}
+
+
+@dataclass
+class Row:
+    kernel: str
+    config: str
+    arch: int
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    threads: int
+    ctas_per_sm: int
+    tensor_core: int
+    wide_side: dict = field(default_factory=dict)  # "LDG.E.128" -> count, for the wide-side source lines
+    narrowest_wide: int | None = None  # bytes
+    widest_load: int = 0
+    needs_wide: bool = False  # 16-bit data with rows of >= 32 elements: the wide side must be 16-byte
+
+    @property
+    def ok(self) -> bool:
+        wide = not self.needs_wide or (self.narrowest_wide is not None and self.narrowest_wide >= 16)
+        return self.spill_bytes == 0 and wide
+
+
+def _tools() -> Path:
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def _run(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def _ctas_per_sm(arch: int, regs: int, shared: int, threads: int) -> int:
+    max_regs, max_smem, max_threads, max_ctas = SM_LIMITS[arch]
+    warps = -(-threads // 32)
+    warp_regs = -(-max(regs, 1) * 32 // 256) * 256  # allocated per warp in units of 256
+    by_regs = (max_regs // warp_regs) // warps
+    by_smem = max_smem // (shared + 1024) if shared else max_ctas  # 1 KB reserved per CTA
+    return max(0, min(by_regs, by_smem, max_threads // threads, max_ctas))
+
+
+def _access_widths(sass: str, lines: set[tuple[str, int]]) -> tuple[dict, int]:
+    """Counts of global loads/stores (by opcode with width) issued from the given (file, line)s, and the
+    widest global load of the whole kernel in bytes."""
+    where, counts, widest = None, {}, 0
+    for text in sass.splitlines():
+        m = re.search(r'//## File "([^"]+)", line (\d+)', text)
+        if m:
+            where = (Path(m.group(1)).name, int(m.group(2)))
+            continue
+        m = re.search(r"\b(LDGSTS|LDG|STG)\.E((?:\.BYPASS|\.LTC\d+B|\.EL|\.LU|\.EF|\.STRONG\.\w+|\.CONSTANT)*)"
+                      r"(\.128|\.64|\.U8|\.S8|\.U16|\.S16)?\b", text)
+        if not m:
+            continue
+        width = m.group(3) or ""
+        if m.group(1) != "STG":
+            widest = max(widest, WIDTH[width])
+        if where in lines:
+            key = f"{m.group(1)}.E{width}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts, widest
+
+
+def _read_cubin(cubin: Path, function: str | None = None) -> list[tuple[str, int, int, int, str]]:
+    """(function, registers, stack + local bytes, static shared bytes, SASS with line info) per function."""
+    tools = _tools()
+    usage = _run(str(tools / "cuobjdump"), "-res-usage", str(cubin))
+    sass = _run(str(tools / "nvdisasm"), "-g", "-c", str(cubin))
+    out = []
+    for m in re.finditer(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage):
+        name = m.group(1)
+        if function is not None and name != function:
+            continue
+        start = sass.find(f".text.{name}:")
+        end = sass.find(".text.", start + 1)
+        body = sass[start: end if end > 0 else None]
+        out.append((name, int(m.group(2)), int(m.group(3)) + int(m.group(5)), int(m.group(4)), body))
+    return out
+
+
+def _helper_lines(fn) -> set[tuple[str, int]]:
+    """(file, line) of every line of a @triton.jit helper: the SASS attributes an access to some line of
+    the function that issues it (the compiler moves and merges instructions within it)."""
+    src, first = inspect.getsourcelines(fn.fn)
+    name = Path(inspect.getsourcefile(fn.fn)).name
+    return {(name, first + i) for i in range(len(src))}
+
+
+def _specialize(kernel, args: tuple, kwargs: dict, arch: int):
+    """(target, options, signature, constexprs, attrs) exactly as the JIT derives them for a launch."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    return (target, *kernel._pack_args(backend, kwargs, bound_args, specialization, options))
+
+
+def variant_key(kernel, args: tuple, kwargs: dict, arch: int = 90) -> str:
+    """What decides whether a launch with these arguments compiles a new variant of ``kernel``: its
+    signature, compile-time constants, specialization attributes and options."""
+    _, options, signature, constexprs, attrs = _specialize(kernel, args, kwargs, arch)
+    return repr((sorted(signature.items()), sorted(constexprs.items()), sorted(attrs.items()), sorted(options.__dict__.items())))
+
+
+def _compile_triton(kernel, args: tuple, kwargs: dict, arch: int):
+    """Compile as the JIT would for these arguments: same binder, same specializations."""
+    import triton
+    from triton.compiler import ASTSource
+
+    target, options, signature, constexprs, attrs = _specialize(kernel, args, kwargs, arch)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def _triton_row(kernel, args, kwargs, arch: int, config: str, wide: set, needs_wide: bool) -> Row:
+    compiled = _compile_triton(kernel, args, kwargs, arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        name, regs, spill, static_smem, sass = _read_cubin(cubin)[0]
+    counts, widest = _access_widths(sass, wide)
+    shared = static_smem + compiled.metadata.shared
+    threads = kwargs.get("num_warps", 4) * 32
+    return Row(kernel.fn.__name__, config, arch, regs, spill, shared, threads, _ctas_per_sm(arch, regs, shared, threads),
+               sass.count("HGMMA") + sass.count("HMMA"), counts, _narrowest(counts), widest, needs_wide)
+
+
+def _narrowest(counts: dict) -> int | None:
+    widths = [WIDTH[key.split(".E", 1)[1]] for key in counts]
+    return min(widths) if widths else None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def attention_cases():
+    """(kernel, args, kwargs, config, wide-side lines, needs_wide) for the CroPA kernels at the benchmark
+    configurations: bf16 d=48 at every slot tile; every dtype at d = 48, 64, 128 with the paper's T."""
+    from ecg_jepa.kernels.cropa_common import load_rows, store_rows
+    from ecg_jepa.ops.cropa import triton as launch
+
+    wide = _helper_lines(load_rows) | _helper_lines(store_rows)
+    combos = [(torch.bfloat16, 48, t) for t in (10, 23, 50)]
+    combos += [(dt, d, 50) for dt in (torch.bfloat16, torch.float16, torch.float32) for d in (48, 64, 128)
+               if (dt, d) != (torch.bfloat16, 48)]
+    h, n_leads = SHAPE["heads"], SHAPE["leads"]
+    for dtype, d, t in combos:
+        qkv = torch.empty(1, n_leads * t, 3, h, d, dtype=dtype)  # as CroPAAttention lays them out
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty(1, h, n_leads * t)
+        cfg = launch.config(n_leads, t, d, dtype)
+        desc = f"{_dtype_name(dtype)} d={d} T={t}"
+        needs = dtype != torch.float32 and d >= 32
+        kernel, _, args, kwargs = launch.fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5, cfg)
+        yield kernel, args, kwargs, f"{desc} tile {cfg.block_t} warps {cfg.num_warps}", wide, needs
+        grads = [torch.empty_like(out) for _ in range(4)]
+        kernel, _, args, kwargs = launch.bwd_launch(grads[0], q, k, v, out, lse, torch.empty_like(lse), *grads[1:],
+                                                    n_leads, d ** -0.5, cfg)
+        yield kernel, args, kwargs, f"{desc} tile {cfg.bwd_block_t} warps {cfg.bwd_num_warps}", wide, needs
+
+
+def patch_embed_cases():
+    """The patch-embedding kernels (vit-b width 768 and tiny's 64; 27 of 50 slots visible); wide side:
+    the token rows (written by the forward, read by dx)."""
+    from ecg_jepa.kernels import patch_embed as kernels
+    from ecg_jepa.ops.patch_embed import triton as launch
+
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for dim in (768, 64):
+            x = torch.empty(1, 8, 2500, dtype=dtype)
+            w, bias = torch.empty(dim, 50, dtype=dtype), torch.empty(dim, dtype=dtype)
+            pos = torch.empty(400, dim)
+            vis = torch.empty(1, 27, dtype=torch.int32)
+            lead_ids = torch.empty(8, dtype=torch.int32)
+            out = torch.empty(1, 8 * 27, dim, dtype=dtype)
+            desc = f"{_dtype_name(dtype)} D={dim}"
+            needs = dtype != torch.float32
+            kernel, _, args, kwargs = launch.fwd_launch(x, w, bias, pos, vis, lead_ids, out)
+            yield kernel, args, kwargs, desc, _helper_lines(kernels.store_tokens), needs
+            kernel, _, args, kwargs = launch.dx_launch(out, w, vis, torch.empty_like(x))
+            yield kernel, args, kwargs, desc, _helper_lines(kernels.load_tokens), needs
+
+
+def cuda_rows(archs: tuple[int, ...]) -> list[Row]:
+    """Every kernel of csrc/, compiled by nvcc for each arch (skipped without a toolkit)."""
+    from . import build_ext
+
+    try:
+        nvcc = str(Path(build_ext.cuda_home()) / "bin" / "nvcc")
+    except build_ext.BuildError:
+        return []
+    rows = []
+    for source in sorted(build_ext.CSRC.glob("*.cu")):
+        wide = build_ext.wide_side_lines(source)
+        for arch in archs:
+            with tempfile.TemporaryDirectory() as tmp:
+                cubin = Path(tmp) / "k.cubin"
+                subprocess.run([nvcc, *build_ext.cuda_flags(), f"-arch=sm_{arch}", "-cubin", "-I", str(build_ext.CSRC),
+                                "-o", str(cubin), str(source)], capture_output=True, text=True, check=True)
+                for name, regs, spill, shared, sass in _read_cubin(cubin):
+                    counts, widest = _access_widths(sass, {(source.name, line) for line in wide})
+                    threads = _max_threads(cubin, name)
+                    label = _demangle(name)
+                    rows.append(Row(label, f"{source.name}", arch, regs, spill, shared, threads,
+                                    _ctas_per_sm(arch, regs, shared, threads), sass.count("HGMMA") + sass.count("HMMA"),
+                                    counts, _narrowest(counts), widest,
+                                    needs_wide=bool(wide) and ("__half" in label or "bfloat16" in label)))
+    return rows
+
+
+def _max_threads(cubin: Path, function: str) -> int:
+    """The block size a kernel declares with __launch_bounds__ (EIATTR_MAX_THREADS), 128 if it declares none."""
+    elf = _run(str(_tools() / "cuobjdump"), "-elf", str(cubin))
+    section = elf.split(f".nv.info.{function}", 1)
+    m = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Value:\s*0x([0-9a-f]+)", section[1]) if len(section) > 1 else None
+    return int(m.group(1), 16) if m else 128
+
+
+def _demangle(name: str) -> str:
+    """'_ZN8ecg_jepa...cropa_fwd_kernelI13__nv_bfloat16E...' -> 'cropa_fwd_kernel<__nv_bfloat16>'."""
+    tool = shutil.which("c++filt")
+    full = subprocess.run([tool, name], capture_output=True, text=True).stdout.strip() if tool else ""
+    m = re.search(r"(\w+)<([^>]*)>\(", full)
+    return f"{m.group(1)}<{m.group(2)}>" if m else (full.split("(")[0].split("::")[-1] or name)
+
+
+def build(archs: tuple[int, ...] = (90, 80), cuda: bool = True) -> list[Row]:
+    rows = []
+    for cases in (attention_cases(), patch_embed_cases()):
+        for kernel, args, kwargs, desc, wide, needs in cases:
+            for arch in archs:
+                rows.append(_triton_row(kernel, args, kwargs, arch, desc, wide, needs))
+    if cuda:
+        rows += cuda_rows(archs)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    head = ["kernel", "config", "sm", "regs", "spill B", "smem B", "threads", "CTAs/SM", "tensor-core ops",
+            "wide-side accesses", "widest load B", "ok"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        wide = ", ".join(f"{k}×{v}" for k, v in sorted(r.wide_side.items())) or "—"
+        lines.append("| " + " | ".join(map(str, [r.kernel, r.config, r.arch, r.registers, r.spill_bytes, r.shared_bytes,
+                                                  r.threads, r.ctas_per_sm, r.tensor_core, wide, r.widest_load,
+                                                  "yes" if r.ok else "**no**"])) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ecg_jepa.kernel_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SM_LIMITS),
+                        help="compute capabilities to compile for (90: H100, 80: A100)")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    parser.add_argument("--no-cuda", action="store_true", help="only the Triton kernels")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 on a spill or a wide-side access narrower than 16 bytes (16-bit data, rows ≥ 32)")
+    args = parser.parse_args(argv)
+    rows = build(tuple(args.arch), cuda=not args.no_cuda)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    bad = [r for r in rows if not r.ok]
+    if bad:
+        print(f"\n{len(bad)} row(s) fail: " + "; ".join(f"{r.kernel} {r.config} sm_{r.arch}" for r in bad), file=sys.stderr)
+    return 1 if (args.check and bad) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

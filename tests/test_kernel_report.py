@@ -1,0 +1,59 @@
+"""The offline kernel report: every kernel compiles for sm_90 and sm_80 without spills and with 16-byte
+accesses on its wide side (run as CI runs it), and the compiled variants of the Triton CroPA kernels are
+few and known however the visible slot count changes."""
+import os
+import subprocess
+import sys
+
+import torch
+
+VARIANT_SCRIPT = r"""
+import sys, torch
+from ecg_jepa.kernel_report import variant_key
+from ecg_jepa.ops.cropa import triton as launch
+keys = {"fwd": set(), "bwd": set()}
+h, n_leads, d = 16, 8, 48
+for t in range(1, 101):
+    qkv = torch.empty(4, n_leads * t, 3, h, d, dtype=torch.bfloat16)  # as CroPAAttention makes them
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(4, h, n_leads * t)
+    cfg = launch.config(n_leads, t, d, q.dtype)
+    kernel, _, args, kwargs = launch.fwd_launch(q, k, v, out, lse, n_leads, 0.1, cfg)
+    keys["fwd"].add(variant_key(kernel, args, kwargs))
+    g = [torch.empty_like(out) for _ in range(4)]
+    kernel, _, args, kwargs = launch.bwd_launch(g[0], q, k, v, out, lse, torch.empty_like(lse), *g[1:], n_leads, 0.1, cfg)
+    keys["bwd"].add(variant_key(kernel, args, kwargs))
+print(len(keys["fwd"]), len(keys["bwd"]))
+"""
+
+
+def _python(code_or_args, **env):
+    cmd = [sys.executable, "-c", code_or_args] if isinstance(code_or_args, str) else [sys.executable, *code_or_args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0", **env},
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_slot_counts_compile_a_bounded_set_of_variants():
+    """T = 1..100 (every visible slot count a training run can meet, and more) makes at most as many
+    variants as there are slot tiles: no compilation in the middle of training once they are warm."""
+    from ecg_jepa.ops.cropa.triton import SLOT_TILES
+
+    n_fwd, n_bwd = map(int, _python(VARIANT_SCRIPT).split())
+    assert 1 <= n_fwd <= len(SLOT_TILES) and 1 <= n_bwd <= len(SLOT_TILES), (n_fwd, n_bwd)
+
+
+def test_kernel_report_passes_its_check(tmp_path):
+    """No spill, 16-byte wide-side accesses, tensor-core instructions in the attention kernels (bf16/fp16)."""
+    import json
+
+    out = _python(["-m", "ecg_jepa.kernel_report", "--check", "--json", str(tmp_path / "report.json")])
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert "| cropa_fwd_kernel |" in out and {r["arch"] for r in rows} == {80, 90}
+    for r in rows:
+        assert r["spill_bytes"] == 0, r
+        if r["kernel"].startswith("cropa_") and r["needs_wide"]:
+            assert r["tensor_core"] > 0 and r["narrowest_wide"] == 16, r
+    assert torch.__version__  # the report ran against the installed torch
