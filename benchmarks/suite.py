@@ -11,7 +11,6 @@ from . import bench_block, bench_cropa, bench_data, bench_patch_embed, bench_tra
 from .report import add_ratios, table, write
 from .timing import ceilings, machine
 
-
 PARTS = ("attention", "patch-embed", "block", "train-step", "data")
 
 

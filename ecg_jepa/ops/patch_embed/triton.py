@@ -8,6 +8,7 @@ import triton
 from ..registry import device_guard, interpreter_active
 from .fused import register
 
+
 def _block_t(dtype: torch.dtype) -> int:
     """Tokens per program: 32, or 16 for fp32, whose IEEE products run on the CUDA cores and need more
     registers (no spills either way: ``python -m ecg_jepa.kernel_report``)."""
