@@ -32,7 +32,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .model.checkpoint import save_encoder
     from .model.jepa import resolve_recipe
     from .train.distributed import close_world, init_world
-    from .train.pretrain import PretrainConfig, pretrain
+    from .train.pretrain import PretrainConfig, Preempted, pretrain
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,14 +45,18 @@ def _pretrain(args: argparse.Namespace) -> int:
         preset=args.preset, mask=args.mask, per_sample_masks=args.per_sample_masks, steps=plan.steps,
         batch_size=plan.batch_size, lr=plan.lr, warmup_steps=plan.warmup_steps,
         precision=args.precision or ("bf16" if world.device.type == "cuda" else "fp32"), compile=args.compile,
-        seed=args.seed, attn_backend=args.backend, workers=args.workers,
+        seed=args.seed, attn_backend=args.backend, workers=args.workers, checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
     )
     out = Path(args.out)
     say(f"pretraining ECG-JEPA '{cfg.preset}' on {len(data)} {what}: {cfg.steps} steps of {cfg.batch_size} "
         f"({cfg.steps / plan.per_epoch:.1f} epochs), {cfg.mask} masks, lr {cfg.lr:g}, {cfg.precision}, "
         f"{world.size} process(es) on {world.device} -> {out}/")
     try:
-        model = pretrain(cfg, data, out, resume=args.resume, world=world)
+        model = pretrain(cfg, data, out, resume=args.resume, overwrite=args.overwrite, world=world, say=say)
+    except Preempted as e:
+        say(f"ecg-jepa pretrain: {e}")
+        return 128 + e.signum
     finally:
         close_world(world)
     if not world.main:
@@ -223,7 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="data-loading worker processes (per rank)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="runs/pretrain", help="folder for checkpoints, log.jsonl and curves.png")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from its newest readable checkpoint (fresh if it has none)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that holds a run, deleting it")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="minutes between checkpoints (also written after the first step and on SIGTERM/SIGINT)")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="steps between log lines written (the only time the host waits for the GPU)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser(

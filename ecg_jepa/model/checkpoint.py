@@ -9,16 +9,15 @@ Both load with ``weights_only=True``: no arbitrary objects are ever unpickled.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, load_torch
 from ..constants import LEADS, N_SLOTS, PATCH, find_lead
-from ..errors import InputError, MissingInputError
+from ..errors import InputError
 from .encoder import Encoder, EncoderConfig
 
 FORMAT = "ecg-jepa-encoder/1"
@@ -32,8 +31,13 @@ def save_encoder(encoder: Encoder, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def parse_leads(leads: Sequence[str | int]) -> tuple[int, ...]:
-    """Lead names (matched by :func:`~ecg_jepa.constants.canonical_lead`) or indices into :data:`LEADS` -> indices, in the given order."""
+def parse_leads(leads: str | Sequence[str | int]) -> tuple[int, ...]:
+    """Lead names (matched by :func:`~ecg_jepa.constants.canonical_lead`; a string may list several,
+    comma-separated: "II,V1") or indices into :data:`LEADS` -> indices, in the given order."""
+    if isinstance(leads, str):
+        leads = [name for name in leads.split(",") if name.strip()]
+    if not leads:
+        raise InputError(f"no leads given; name some of {', '.join(LEADS)}")
     out = []
     for lead in leads:
         if isinstance(lead, str):
@@ -44,6 +48,17 @@ def parse_leads(leads: Sequence[str | int]) -> tuple[int, ...]:
         else:
             out.append(int(lead))
     return tuple(out)
+
+
+def config_from_dict(values: dict, source: str) -> EncoderConfig:
+    """An :class:`EncoderConfig` from a checkpoint's stored config, with a clear error for fields this
+    version does not know (a checkpoint written by a newer ecg-jepa) or bad values."""
+    known = set(EncoderConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{source}: its encoder config has fields this ecg-jepa does not know ({', '.join(unknown)}); "
+                         "it was written by a newer version: upgrade ecg-jepa to read it")
+    return EncoderConfig(**values)
 
 
 def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> EncoderConfig:
@@ -73,16 +88,7 @@ def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -
 
 
 def _read(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"no checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise InputError(
-            f"{path} is not a readable checkpoint (truncated, or holds objects other than tensors and plain "
-            f"containers, which are never unpickled): {str(e).splitlines()[0]}"
-        ) from None
+    obj = load_torch(path, "checkpoint")
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
@@ -118,8 +124,10 @@ def load_encoder(
     """
     obj = _read(path)
     if obj.get("format") == FORMAT or "config" in obj:
+        if not isinstance(obj.get("encoder"), dict) or not isinstance(obj.get("config"), dict):
+            raise InputError(f"{path} has a 'config' but no encoder state dict beside it: not an ecg-jepa checkpoint")
+        config = config_from_dict(obj["config"], str(path))
         state = obj["encoder"]
-        config = EncoderConfig(**obj["config"])
     else:
         state = obj.get("encoder", obj)
         if not isinstance(state, dict):

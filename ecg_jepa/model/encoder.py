@@ -63,6 +63,8 @@ class Encoder(nn.Module):
         )
         self.norm = nn.LayerNorm(config.dim)
         init_vit_weights(self, self.encoder_blocks)
+        # The position-table lead of each input channel, on the model's device (no host data per call).
+        self.register_buffer("lead_ids", torch.tensor(config.leads, dtype=torch.int32), persistent=False)
 
     @property
     def n_leads(self) -> int:
@@ -70,7 +72,8 @@ class Encoder(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error unless x is a float (B, L, 2500) batch for this encoder (NaN is caught by
-        :func:`ecg_jepa.ops.patch_embed.patch_embed`)."""
+        :func:`ecg_jepa.ops.patch_embed.patch_embed`). Any float dtype is accepted: x is computed in the
+        parameters' dtype (or autocast's)."""
         if not isinstance(x, torch.Tensor):
             raise InputTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -91,16 +94,22 @@ class Encoder(nn.Module):
 
     def position_rows(self) -> torch.Tensor:
         """(L, 50, D): the table rows of this encoder's leads, in input order."""
-        return self.pos_embed.view(len(LEADS), N_SLOTS, -1)[list(self.config.leads)]
+        return self.pos_embed.view(len(LEADS), N_SLOTS, -1).index_select(0, self.lead_ids)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | SlotMask | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | SlotMask | None = None, *,
+                trusted: bool = False) -> torch.Tensor:
+        """Tokens of x (see the class docstring). ``trusted``: the batch was already checked where it
+        entered (finite samples, a validated :class:`SlotMask` on x's device), so nothing here reads tensor
+        values, which on a GPU would wait for it (the training loop passes True)."""
         self.check_input(x)
         b, n_leads = x.shape[:2]
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.W_P.weight.dtype)  # float64 or float16 ECGs into a float32 model, and so on
         if mask is not None:
             mask = SlotMask.of(mask, b, x.device)  # validated once, here; layers below use its slot ids
         tokens = patch_embed(  # (B, L·T_vis, D), lead-major, position rows added
             x, self.W_P.weight.to(x.dtype), self.W_P.bias.to(x.dtype), self.pos_embed, mask=mask,
-            leads=self.config.leads, backend=self.config.embed_backend,
+            leads=self.lead_ids, backend=self.config.embed_backend, check_finite=not trusted,
         )
         pos = self.position_rows().to(tokens.dtype)[None]  # (1, L, 50, D)
         if mask is not None:

@@ -112,20 +112,29 @@ class JEPA(nn.Module):
             attn_backend=config.attn_backend,
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | SlotMask) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | SlotMask, *,
+                trusted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, representation std): the std over the batch of the student's mean-pooled visible tokens,
-        averaged over features (detached; a collapse alarm when it tends to 0)."""
+        averaged over features (detached; a collapse alarm when it tends to 0). ``trusted``: x and mask
+        were checked where the batch entered (see :meth:`Encoder.forward`): nothing here waits for a GPU."""
         b, n_leads = x.shape[:2]
         mask = SlotMask.of(mask, b, x.device)
         with torch.no_grad():
-            h = self.target_encoder(x)  # (B, L·50, D)
+            h = self.target_encoder(x, trusted=trusted)  # (B, L·50, D)
             h = F.layer_norm(h, h.shape[-1:]).reshape(b, n_leads, N_SLOTS, -1)
             targets = take_slots(h, mask.hidden_ids).flatten(1, 2)
-        z = self.encoder(x, mask=mask)
+        z = self.encoder(x, mask=mask, trusted=trusted)
         pred = self.predictor(z, mask, n_leads)
         loss = F.smooth_l1_loss(pred.float(), targets.float(), beta=1.0)
         rep_std = z.detach().float().mean(1).std(0).mean() if b > 1 else z.new_zeros(())
         return loss, rep_std
+
+    def compile_blocks(self) -> None:
+        """``torch.compile`` the three block stacks (student, teacher, predictor) in place, each as one
+        graph with dynamic token counts (any mask, no recompilation) and the CroPA custom ops inside; the
+        mask handling around them stays eager. State-dict keys do not change."""
+        for blocks in (self.encoder.encoder_blocks, self.target_encoder.encoder_blocks, self.predictor.predictor_blocks):
+            blocks.compile(dynamic=True, fullgraph=True)
 
     def loss(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The JEPA loss of x (B, L, 2500) under mask (50,) or (B, 50), True = hidden."""

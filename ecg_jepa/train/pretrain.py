@@ -1,39 +1,56 @@
-"""Self-supervised pretraining of ECG-JEPA: AMP, optional torch.compile, torchrun DDP, exact resume.
+"""Self-supervised pretraining of ECG-JEPA: AMP, optional torch.compile, torchrun DDP, exact resume,
+preemption-safe checkpoints, and a training step that never waits for the GPU.
 
 Each step's global batch and mask are functions of (seed, step) alone. Rank r of W takes the r-th slice of
 the global batch (the role of a DistributedSampler with set_epoch, but also exact when a run resumes in the
 middle of an epoch), every rank uses the same mask, DDP averages the gradients, so W processes take the
 steps one process would take on the same global batch; the EMA teacher, updated from identical students,
-stays identical on every rank. Rank 0 alone logs and writes checkpoints (atomically).
+stays identical on every rank. Rank 0 alone logs and writes checkpoints.
+
+The step reads no tensor back: batches are checked and their masks prepared by the loader's workers
+(:mod:`.loader`); the loss and the representation std stay on the device until the log is written, every
+``log_every`` steps, the only time the host waits for the GPU. Checkpoints are written after the first
+step, every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and on SIGTERM/SIGINT (then the run
+stops with :class:`Preempted`); the previous checkpoint is kept until the new one is complete
+(:mod:`.run_folder`).
 """
 from __future__ import annotations
 
+import functools
 import json
-import resource
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
 from ..errors import InputError
 from ..model.jepa import JEPA
 from ..model.masks import multiblock_mask, random_mask
 from .distributed import World, barrier
+from .loader import StepBatches, step_loader, to_device
+from .metrics import bf16_peak_tflops, peak_memory_mb, step_flops
+from .run_folder import RunFolder
 from .schedule import cosine_lr, ema_momentum
 
 CKPT_FORMAT = "ecg-jepa-pretrain/1"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The fields that decide what a run computes: a resume must match them; the others may change.
+IDENTITY = ("preset", "mask", "per_sample_masks", "steps", "batch_size", "lr", "warmup_steps", "weight_decay",
+            "precision", "seed")
 
 
 @dataclass
 class PretrainConfig:
     """A pretraining run: ``steps`` optimizer steps of ``batch_size`` ECGs (global, over all ranks);
-    ``lr`` is the peak of the per-step cosine schedule, reached after ``warmup_steps`` from 1e-6."""
+    ``lr`` is the peak of the per-step cosine schedule, reached after ``warmup_steps`` from 1e-6.
+    ``compile``: torch.compile the block stacks (one dynamic-shape graph each, whatever the mask)."""
 
     preset: str = "tiny"
     mask: str = "multiblock"
@@ -48,6 +65,8 @@ class PretrainConfig:
     seed: int = 0
     attn_backend: str = "auto"
     checkpoint_every: int = 100
+    checkpoint_minutes: float = 10.0
+    log_every: int = 10
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -59,6 +78,17 @@ class PretrainConfig:
             raise InputError("steps and batch_size must be positive")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.workers < 0 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise InputError("workers must be ≥ 0, log_every and checkpoint_every ≥ 1")
+
+
+class Preempted(Exception):
+    """The run was stopped by a signal after writing a checkpoint; ``--resume`` continues it."""
+
+    def __init__(self, step: int, signum: int, out: Path) -> None:
+        self.step, self.signum = step, signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint saved in {out}; "
+                         "rerun with --resume to continue")
 
 
 def step_mask(cfg: PretrainConfig, step: int) -> torch.Tensor:
@@ -97,9 +127,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def save_checkpoint(path: Path, model: JEPA, opt, scaler, cfg: PretrainConfig, step: int) -> None:
-    """Everything a resume needs, written atomically; ``load_encoder`` reads its student encoder."""
-    payload = {
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints of earlier versions: the CPU state alone
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def checkpoint_payload(model: JEPA, opt, scaler, cfg: PretrainConfig, step: int) -> dict:
+    """Everything a resume needs; ``load_encoder`` reads its student encoder."""
+    return {
         "format": CKPT_FORMAT,
         "config": model.encoder.config.to_dict(),
         "encoder": model.encoder.state_dict(),
@@ -107,17 +152,52 @@ def save_checkpoint(path: Path, model: JEPA, opt, scaler, cfg: PretrainConfig, s
         "predictor": model.predictor.state_dict(),
         "optimizer": opt.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": torch.get_rng_state(),
+        "rng": _rng_state(),
         "pretrain_config": asdict(cfg),
         "step": step,
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _restore(state: dict, model: JEPA, opt, scaler, cfg: PretrainConfig, source: Path) -> int:
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        raise InputError(f"{source} is not a pretraining checkpoint (format "
+                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    saved = state["pretrain_config"]
+    mismatch = {k: (saved.get(k), getattr(cfg, k)) for k in IDENTITY if saved.get(k) != getattr(cfg, k)}
+    if mismatch:
+        diff = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in mismatch.items())
+        raise InputError(f"{source} was written by a run with another configuration: {diff}; resume with the same "
+                         "options, or use a new --out")
+    for name in ("encoder", "target_encoder", "predictor"):
+        getattr(model, name).load_state_dict(state[name])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only set ``signum`` (the loop checkpoints and stops at the end of
+    the step); outside the main thread nothing is installed."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def plot_log(log_path: Path, png: Path) -> None:
@@ -127,7 +207,7 @@ def plot_log(log_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(log_path)]
+    rows = [json.loads(line) for line in open(log_path)] if log_path.exists() else []
     if not rows:
         return
     steps = [r["step"] for r in rows]
@@ -142,81 +222,197 @@ def plot_log(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def warm_up_kernels(model: JEPA, device: torch.device, precision: str) -> str | None:
+    """Compile every Triton CroPA variant the run can meet (all slot tiles, forward and backward) before
+    the first step, so none compiles in the middle of training; a line saying what was warmed, or None."""
+    if device.type != "cuda":
+        return None
+    from ..ops.cropa import DISPATCH
+    from ..ops.registry import InputSpec
+
+    cfg = model.encoder.config
+    dtype = PRECISIONS[precision]
+    head_dim, n_leads = cfg.dim // cfg.num_heads, len(cfg.leads)
+    spec = InputSpec("cuda", dtype, (1, cfg.num_heads, n_leads * 50, head_dim), True,
+                     tuple(torch.cuda.get_device_capability(device)), n_leads)
+    if DISPATCH.select(spec, cfg.attn_backend) != "triton":
+        return None
+    from ..ops.cropa.triton import SLOT_TILES, warm_up
+
+    tic = time.perf_counter()
+    with torch.random.fork_rng(devices=[device]):
+        count = warm_up(device, dtype, head_dim, cfg.num_heads, n_leads)
+    return (f"warmed {count} Triton CroPA variants (slot tiles {', '.join(map(str, SLOT_TILES))}; forward and "
+            f"backward) in {time.perf_counter() - tic:.1f} s")
+
+
+def _agree(world: World, device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag true on any rank (one small all-reduce with several processes)."""
+    if world.size == 1:
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def pretrain(
     cfg: PretrainConfig, data: Dataset, out: str | Path, resume: bool = False, progress: bool = True,
-    world: World = World(),
+    world: World = World(), overwrite: bool = False, say=print,
 ) -> JEPA:
-    """Train ``cfg.steps`` steps on ``data`` (items ``(x, ...)``, x (L, 2500)). Checkpoints, ``log.jsonl``
-    and ``curves.png`` go to ``out`` (rank 0). With ``resume``, continue from ``out/checkpoint.pt``."""
-    out = Path(out)
-    ckpt_path = out / "checkpoint.pt"
+    """Train ``cfg.steps`` steps on ``data`` (items ``(x, ...)``, x (L, 2500)); checkpoints, ``log.jsonl``,
+    ``curves.png`` and ``summary.json`` go to ``out`` (rank 0). A folder that holds a run needs ``resume``
+    (continue from its newest readable checkpoint) or ``overwrite``. Raises :class:`Preempted` after a
+    SIGTERM/SIGINT, once the checkpoint is written."""
+    folder = RunFolder(out)
+    say = say if world.main else (lambda *a, **k: None)
     if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = JEPA(cfg.preset, attn_backend=cfg.attn_backend).to(world.device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.precision == "fp16")
-    start = 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=world.device, weights_only=True)
-        if state.get("format") != CKPT_FORMAT:
-            raise InputError(f"{ckpt_path} is not a pretraining checkpoint (format {state.get('format')!r})")
-        if state["pretrain_config"] != asdict(cfg):
-            raise InputError(
-                f"{ckpt_path} was written by a run with another configuration: {state['pretrain_config']}; "
-                "resume with the same options or use a new output folder"
-            )
-        for name in ("encoder", "target_encoder", "predictor"):
-            getattr(model, name).load_state_dict(state[name])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
-        start = state["step"]
-    net = DistributedDataParallel(model) if world.size > 1 else model
-    net = torch.compile(net) if cfg.compile else net
-    part = rank_slice(world, cfg.batch_size)
-    batches = [step_indices(cfg, step, len(data))[part].tolist() for step in range(start, cfg.steps)]
-    loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.workers, pin_memory=world.device.type == "cuda")
-    autocast = torch.autocast(world.device.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
-    model.train()
-    log = open(out / "log.jsonl", "a") if world.main else None
-    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not (progress and world.main), dynamic_ncols=True)
+        folder.lock()
     try:
-        tic = time.perf_counter()
-        for step, (x, *_) in enumerate(loader, start=start):
-            lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            mask = step_mask(cfg, step)
-            mask = mask[part] if mask.dim() == 2 else mask
-            with autocast:
-                loss, rep_std = net(x.to(world.device, non_blocking=True), mask.to(world.device))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            momentum = ema_momentum(step, cfg.steps)
-            model.update_teacher(momentum)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or use --precision fp32")
-            rate = cfg.batch_size / (time.perf_counter() - tic)
-            tic = time.perf_counter()
-            if world.main:
-                log.write(json.dumps({
-                    "step": step, "loss": loss.item(), "lr": lr, "momentum": momentum, "ecg_per_s": rate,
-                    "peak_mem_mb": _peak_memory_mb(world.device), "rep_std": rep_std.item(),
-                }) + "\n")
-                bar.set_postfix(loss=f"{loss.item():.4f}", ecg_s=f"{rate:.0f}", std=f"{rep_std.item():.3f}")
-                bar.update(1)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                if world.main:
-                    log.flush()
-                    save_checkpoint(ckpt_path, model, opt, scaler, cfg, step + 1)
-                barrier(world)
+        state = folder.start(resume, overwrite, say) if world.main else None
+        barrier(world)
+        if not world.main and resume and folder.checkpoints():
+            state = folder._read_latest(say)
+        return _train(cfg, data, folder, state, progress, world, say)
+    finally:
+        folder.unlock()
+
+
+def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | None, progress: bool, world: World,
+           say) -> JEPA:
+    device = world.device
+    torch.manual_seed(cfg.seed)
+    model = JEPA(cfg.preset, attn_backend=cfg.attn_backend).to(device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
+                            fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    start = _restore(state, model, opt, scaler, cfg, folder.path) if state is not None else 0
+    if world.main and state is not None:
+        folder.truncate_log(start)
+        say(f"resuming at step {start}")
+    if start >= cfg.steps:
+        return model
+    warmed = warm_up_kernels(model, device, cfg.precision)
+    if warmed:
+        say(warmed)
+    if cfg.compile:
+        model.compile_blocks()
+    net = DistributedDataParallel(model) if world.size > 1 else model
+    part = rank_slice(world, cfg.batch_size)
+    batches = StepBatches(data, functools.partial(step_indices, cfg, n=len(data)), functools.partial(step_mask, cfg),
+                          part)
+    loader = step_loader(batches, start, cfg.steps, cfg.workers, pin=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
+    peak = bf16_peak_tflops(device)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not (progress and world.main), dynamic_ncols=True)
+    pending: list[tuple] = []
+    intervals: list[dict] = []
+    tic = last_ckpt = time.perf_counter()
+
+    def log_interval() -> None:
+        nonlocal pending, tic
+        if pending:
+            intervals.append(_write_rows(pending, time.perf_counter() - tic, cfg, model, device, peak, folder, world))
+            bar.update(len(pending))
+            last = intervals[-1]
+            bar.set_postfix(loss=f"{last['loss']:.4f}", ecg_s=f"{last['ecg_per_s']:.0f}",
+                            **({"mfu": f"{last['mfu']:.0%}"} if last["mfu"] else {}))
+        pending, tic = [], time.perf_counter()
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_ckpt
+        if world.main:
+            folder.save(checkpoint_payload(model, opt, scaler, cfg, step))
+        barrier(world)
+        last_ckpt = time.perf_counter()
+
+    done = start
+    try:
+        with StopSignals() as stop:
+            batches_in = iter(loader)
+            while done < cfg.steps:
+                try:
+                    batch = next(batches_in)
+                except Exception:
+                    if not stop.signum:
+                        raise
+                    log_interval()  # the loader went down with the signal: keep what is done
+                    checkpoint(done)
+                    raise Preempted(done, stop.signum, folder.path) from None
+                if "error" in batch:
+                    raise InputError(batch["error"])
+                step = batch["step"]
+                x, mask = to_device(batch, device)
+                lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    loss, rep_std = net(x, mask, trusted=True)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                momentum = ema_momentum(step, cfg.steps)
+                model.update_teacher(momentum)
+                pending.append((step, lr, momentum, loss.detach(), rep_std.detach(), mask.n_visible))
+                done = step + 1
+                flush = done % cfg.log_every == 0 or done == cfg.steps or done == start + 1
+                stop_now = due = False
+                if flush or world.size == 1:
+                    stop_now, due = _agree(world, device, stop.signum != 0,
+                                           time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes)
+                save = done == 1 or done % cfg.checkpoint_every == 0 or done == cfg.steps or due or stop_now
+                if flush or save:
+                    log_interval()
+                if save:
+                    checkpoint(done)
+                if stop_now:
+                    raise Preempted(done, stop.signum or signal.SIGTERM, folder.path)
     finally:
         bar.close()
-        if log is not None:
-            log.close()
-    if world.main:
-        plot_log(out / "log.jsonl", out / "curves.png")
+        if world.main:
+            plot_log(folder.path / "log.jsonl", folder.path / "curves.png")
+            _write_summary(intervals, cfg, device, folder, say)
     return model
+
+
+def _write_rows(pending: list[tuple], elapsed: float, cfg: PretrainConfig, model: JEPA, device: torch.device,
+                peak: float | None, folder: RunFolder, world: World) -> dict:
+    """Read the interval's losses back (the one wait for the GPU), check them, log one row per step."""
+    losses = torch.stack([p[3].float() for p in pending]).tolist()
+    stds = torch.stack([p[4].float() for p in pending]).tolist()
+    for (step, *_), loss in zip(pending, losses):
+        if loss != loss or abs(loss) == float("inf"):
+            raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or use --precision fp32")
+    step_s = elapsed / len(pending)
+    ecg_s = cfg.batch_size / step_s
+    flops = sum(step_flops(model, cfg.batch_size, p[5]) for p in pending) / len(pending)
+    mfu = flops / step_s / (peak * 1e12) if peak else None
+    mem = peak_memory_mb(device)
+    rows = [{"step": step, "loss": loss, "lr": lr, "momentum": mom, "ecg_per_s": ecg_s, "step_ms": 1e3 * step_s,
+             "mfu": mfu, "peak_mem_mb": mem, "rep_std": std, "visible_slots": n_vis}
+            for (step, lr, mom, _, _, n_vis), loss, std in zip(pending, losses, stds)]
+    if world.main:
+        folder.append_log(rows)
+    return {"steps": len(rows), "seconds": elapsed, "ecg_per_s": ecg_s, "mfu": mfu, "peak_mem_mb": mem,
+            "loss": losses[-1]}
+
+
+def _write_summary(intervals: list[dict], cfg: PretrainConfig, device: torch.device, folder: RunFolder, say) -> None:
+    """Throughput over the run without its first interval (warm-up and compilation), MFU, peak memory."""
+    if not intervals:
+        return
+    steady = intervals[1:] or intervals
+    steps = sum(i["steps"] for i in steady)
+    seconds = sum(i["seconds"] for i in steady)
+    mfus = [i["mfu"] * i["seconds"] for i in steady if i["mfu"] is not None]
+    summary = {
+        "steps": sum(i["steps"] for i in intervals), "ecg_per_s": cfg.batch_size * steps / seconds,
+        "step_ms": 1e3 * seconds / steps, "mfu": sum(mfus) / seconds if mfus else None,
+        "peak_mem_mb": max(i["peak_mem_mb"] for i in intervals), "device": str(device),
+        "precision": cfg.precision, "compile": cfg.compile, "batch_size": cfg.batch_size,
+    }
+    (folder.path / "summary.json").write_text(json.dumps(summary, indent=1))
+    mfu = f", {summary['mfu']:.1%} model-FLOP utilisation" if summary["mfu"] is not None else ""
+    say(f"throughput {summary['ecg_per_s']:,.0f} ECG/s ({summary['step_ms']:.1f} ms/step{mfu}), "
+        f"peak memory {summary['peak_mem_mb']:,.0f} MB")

@@ -53,7 +53,7 @@ def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
 DISPATCH = Dispatcher("patch embedding", BACKENDS, auto_order)
 
 
-def _prepare(x, weight, bias, pos, mask, leads) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(x, weight, bias, pos, mask, leads, check_finite) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate the inputs once; return (visible slot ids (1 or B, T_vis), lead ids (L,)) as int32."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise InputTypeError(f"x must be a float tensor of ECG samples, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -81,16 +81,23 @@ def _prepare(x, weight, bias, pos, mask, leads) -> tuple[torch.Tensor, torch.Ten
     if pos.requires_grad:
         raise InputError("pos is a fixed table and gets no gradient here; pass pos.detach()")
     table_leads = pos.shape[0] // t_all
-    leads = tuple(range(n_leads)) if leads is None else tuple(int(i) for i in leads)
-    if len(leads) != n_leads or not all(0 <= i < table_leads for i in leads):
-        raise InputError(f"leads must name {n_leads} rows of the {table_leads}-lead position table, got {leads}")
-    if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
+    if isinstance(leads, torch.Tensor):  # a model's own int32 buffer, validated when the model was built
+        if leads.shape != (n_leads,) or leads.dtype != torch.int32 or leads.device != x.device:
+            raise InputError(f"leads as a tensor must be ({n_leads},) int32 on {x.device}, got {tuple(leads.shape)} "
+                             f"{leads.dtype} on {leads.device}")
+        lead_ids = leads
+    else:
+        leads = tuple(range(n_leads)) if leads is None else tuple(int(i) for i in leads)
+        if len(leads) != n_leads or not all(0 <= i < table_leads for i in leads):
+            raise InputError(f"leads must name {n_leads} rows of the {table_leads}-lead position table, got {leads}")
+        lead_ids = torch.tensor(leads, dtype=torch.int32, device=x.device)
+    if check_finite and not torch.compiler.is_compiling() and not torch.isfinite(x).all():
         raise InputError("x holds NaN or infinite samples; clean or drop those ECGs first")
     if mask is None:
         vis = torch.arange(t_all, device=x.device)[None]
     else:
         vis = SlotMask.of(mask, b, x.device, n_slots=t_all).visible
-    return vis.to(torch.int32), torch.tensor(leads, dtype=torch.int32, device=x.device)
+    return vis.to(torch.int32), lead_ids
 
 
 def patch_embed(
@@ -100,8 +107,9 @@ def patch_embed(
     pos: torch.Tensor,
     *,
     mask: torch.Tensor | SlotMask | None = None,
-    leads: Sequence[int] | None = None,
+    leads: Sequence[int] | torch.Tensor | None = None,
     backend: str = "auto",
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Patch embedding of the visible slots.
 
@@ -111,13 +119,16 @@ def patch_embed(
         pos: (L_table·T, D) fixed position table, row = lead·T + slot (no gradient).
         mask: None, (T,) or (B, T) bool, True = hidden slot (per-sample rows hide equally many), or a
             :class:`~ecg_jepa.ops.layout.SlotMask` already validated.
-        leads: the table lead of each input channel (default 0..L-1), any order.
+        leads: the table lead of each input channel (default 0..L-1), any order; or those ids as an (L,)
+            int32 tensor on x's device (a model's buffer: no host data per call).
         backend: "auto", "reference", "triton" or "cuda".
+        check_finite: refuse NaN or infinite samples (reads x's values: on a GPU that waits for it; pass
+            False when the batch was checked where it entered).
 
     Returns:
         (B, L·T_vis, D) tokens, lead-major, slots ascending: ``patch @ Wᵀ + bias + pos[lead, slot]``.
     """
-    vis, lead_ids = _prepare(x, weight, bias, pos, mask, leads)
+    vis, lead_ids = _prepare(x, weight, bias, pos, mask, leads, check_finite)
     name = DISPATCH.select(InputSpec.of(x, needs_grad(x, weight, bias)), backend)
     return BACKENDS[name].run(x, weight, bias, pos, vis, lead_ids)
 
