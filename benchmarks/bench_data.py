@@ -11,7 +11,13 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ecg_jepa.constants import STANDARD_12
-from ecg_jepa.data.shards import PrepareOptions, ShardDataset, open_folder, prepare_data, write_shard
+from ecg_jepa.data.shards import (
+    PrepareOptions,
+    ShardDataset,
+    open_folder,
+    prepare_data,
+    write_shard,
+)
 
 from .report import Row
 

@@ -1,8 +1,15 @@
-"""The ``ecg-jepa`` command: thin wrappers that parse, call and print."""
+"""The ``ecg-jepa`` command: thin wrappers that parse, call and print.
+
+Bad input (an :class:`~ecg_jepa.errors.InputError` from the library) is printed as one line, exit status 2;
+a run stopped by SIGTERM/SIGINT after its checkpoint exits with 128 + the signal; a command that skipped
+unreadable records says how many and exits with 1; anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,7 +39,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .model.checkpoint import save_encoder
     from .model.jepa import resolve_recipe
     from .train.distributed import close_world, init_world
-    from .train.pretrain import PretrainConfig, Preempted, pretrain
+    from .train.pretrain import Preempted, PretrainConfig, pretrain
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,24 +91,37 @@ def _prepare_data(args: argparse.Namespace) -> int:
         band_pass=args.band_pass, zscore=args.zscore,
     )
     counts = prepare_data(args.src, args.out, options, workers=args.workers, shard_size=args.shard_size)
-    print(f"{args.out}: {counts['prepared']} records prepared, {counts['failed']} failed "
-          f"(reasons in {args.out}/failures.jsonl), {counts['skipped']} already done")
-    return 0
+    print(f"{args.out}: {counts['prepared']} records prepared, {counts['failed']} failed"
+          + (f" (file and reason of each in {args.out}/failures.jsonl)" if counts["failed"] else "")
+          + f", {counts['skipped']} already done")
+    return 1 if counts["failed"] else 0
 
 
-def _load_for_data(args: argparse.Namespace):
-    """(encoder, random-init twin, dataset) for embed/probe/finetune, with the requested leads."""
+def _open(args: argparse.Namespace, scratch: str):
+    """(encoder, its lead names, the data) for embed/probe/finetune."""
     from .eval.downstream import open_data
     from .model.checkpoint import load_encoder
+
+    encoder = load_encoder(args.checkpoint, leads=args.leads)
+    names = tuple(LEADS[i] for i in encoder.config.leads)
+    data = open_data(args.data, names, pad=args.pad, scratch=scratch)
+    if data.failures:
+        print(f"{len(data.failures)} record(s) could not be read and are left out, e.g. {data.failures[0]['reason']}",
+              file=sys.stderr)
+    return encoder, data
+
+
+def _random_twin(encoder, seed: int):
+    """A randomly initialised encoder of the same architecture (the baseline), seeded."""
     from .model.encoder import Encoder
 
-    leads = tuple(args.leads.split(",")) if args.leads else None
-    encoder = load_encoder(args.checkpoint, leads=leads)
-    names = tuple(LEADS[i] for i in encoder.config.leads)
-    data = open_data(args.data, names, pad=args.pad)
-    torch.manual_seed(args.seed)
-    random_encoder = Encoder(encoder.config).eval()
-    return encoder, random_encoder, data
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Encoder(encoder.config).eval()
+
+
+def _write_failures(path: Path, failures: list[dict]) -> None:
+    path.write_text("".join(json.dumps(f) + "\n" for f in failures))
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -109,57 +129,84 @@ def _embed(args: argparse.Namespace) -> int:
 
     from .eval.probe import embed_dataset
 
-    encoder, _, data = _load_for_data(args)
-    feats, idx = embed_dataset(encoder, data, batch_size=args.batch_size, desc="embed")
+    with tempfile.TemporaryDirectory(prefix="ecg-jepa-") as scratch:
+        encoder, data = _open(args, scratch)
+        if args.random_init is not None:
+            encoder = _random_twin(encoder, args.random_init)
+        feats, idx = embed_dataset(encoder, data, batch_size=args.batch_size, desc="embed")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)
     ids = out.with_suffix(".ids.txt")
     ids.write_text("".join(f"{data.records[i]['id']}\n" for i in idx))
-    print(f"{out}: {feats.shape[0]} embeddings of width {feats.shape[1]}; record ids in {ids}")
+    what = f"a random-init encoder (seed {args.random_init})" if args.random_init is not None else args.checkpoint
+    print(f"{out}: {feats.shape[0]} embeddings of width {feats.shape[1]} by {what}; record ids in {ids}")
+    if data.failures:
+        failed = out.with_suffix(".failures.jsonl")
+        _write_failures(failed, data.failures)
+        print(f"{len(data.failures)} record(s) failed and were left out: file and reason of each in {failed}")
+        return 1
     return 0
 
 
 def _downstream(args: argparse.Namespace) -> int:
     """probe and finetune: task, splits, the run on the checkpoint and on a random-init twin, report."""
-    from .eval.downstream import finetune, plot_roc, resolve_task, split_by_field, write_report
+    from .eval.downstream import (
+        finetune,
+        plot_roc,
+        resolve_task,
+        split_by_field,
+        write_report,
+    )
     from .eval.probe import embed_dataset, linear_probe, logreg_probe
 
-    encoder, random_encoder, data = _load_for_data(args)
-    task = resolve_task(args.task, args.labels, args.label_field, data.records)
-    y = task.targets(data.records)
-    splits = split_by_field(data.records, args.split_field, args.train, args.val, args.test)
-    sizes = {k: len(v) for k, v in splits.items()}
-    n_classes = len(task.names)
-    print(f"{args.command}: {task.kind} task over {', '.join(task.names)}; {args.split_field} train {args.train} "
-          f"({sizes['train']}), validation {args.val} ({sizes['val']}), test {args.test} ({sizes['test']})")
-    results = {}
-    for name, enc in (("pretrained", encoder), ("random init", random_encoder)):
-        if args.command == "finetune":
-            results[name] = finetune(enc, data, splits, y, epochs=args.epochs, lr=args.lr,
-                                     batch_size=args.batch_size, seed=args.seed)
-            continue
-        feats, idx = embed_dataset(enc, data, desc=f"{name}: features")
-        split = {k: (feats[v], y[v]) for k, v in splits.items()}
-        probe = logreg_probe if args.classifier == "logreg" else linear_probe
-        results[name] = probe(split["train"], split["test"], n_classes, val=split["val"], seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="ecg-jepa-") as scratch:
+        encoder, data = _open(args, scratch)
+        random_encoder = _random_twin(encoder, args.seed)
+        task = resolve_task(args.task, args.labels, args.label_field, data.records)
+        y = task.targets(data.records)
+        splits = split_by_field(data.records, args.split_field, args.train, args.val, args.test)
+        sizes = {k: len(v) for k, v in splits.items()}
+        n_classes = len(task.names)
+        print(f"{args.command}: {task.kind} task over {', '.join(task.names)}; {args.split_field} train {args.train} "
+              f"({sizes['train']}), validation {args.val} ({sizes['val']}), test {args.test} ({sizes['test']})")
+        results = {}
+        for name, enc in (("pretrained", encoder), ("random init", random_encoder)):
+            if args.command == "finetune":
+                results[name] = finetune(enc, data, splits, y, epochs=args.epochs, lr=args.lr,
+                                         batch_size=args.batch_size, seed=args.seed)
+                continue
+            feats, idx = embed_dataset(enc, data, desc=f"{name}: features")
+            split = {k: (feats[v], y[v]) for k, v in splits.items()}
+            probe = logreg_probe if args.classifier == "logreg" else linear_probe
+            results[name] = probe(split["train"], split["test"], n_classes, val=split["val"], seed=args.seed)
     print(f"  {'encoder':<12} test scores (chosen on validation)")
     for name, result in results.items():
         print(f"  {name:<12} {result}")
     how = f"{args.command}" + (f" ({args.classifier})" if args.command == "probe" else f" (lr {args.lr:g}, {args.epochs} epochs)")
-    report = write_report(args.out, task, sizes, results, how)
+    report = write_report(args.out, task, sizes, results, how, failures=data.failures)
     plot_roc(Path(args.out).with_suffix(".png"), task, y[splits["test"]], results)
     print(f"report: {report}; ROC curves: {Path(args.out).with_suffix('.png')}")
+    if data.failures:
+        print(f"{len(data.failures)} record(s) failed and were left out (listed in the report)")
+        return 1
     return 0
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from .ops.cropa import explain_backend
+    from .ops.cropa import DISPATCH
+    from .ops.registry import InputSpec
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    q = torch.zeros(args.batch, args.heads, args.leads * args.slots, args.head_dim, dtype=dtype, device=args.device)
-    q.requires_grad_(args.grad)
-    print(explain_backend(q, n_leads=args.leads))
+    shape = (args.batch, args.heads, args.leads * args.slots, args.head_dim)
+    capability = None
+    if args.device == "cuda":
+        if torch.cuda.is_available():
+            capability = tuple(torch.cuda.get_device_capability())
+        else:
+            capability = tuple(int(v) for v in args.capability.split("."))
+            print(f"(no GPU here: the inputs are described as on a GPU of compute capability {args.capability})")
+    print(DISPATCH.explain(InputSpec(args.device, dtype, shape, args.grad, capability, args.leads)))
     return 0
 
 
@@ -182,163 +229,220 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option's default, once: appended unless the help text already says it (or there is none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _count(minimum: int):
+    """An argparse type: an int ≥ ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"choose cpu or cuda, got {text!r}")
+    return text
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", formatter_class=_Help,
+        help="pretrain ECG-JEPA, then linear-probe it against a random-init encoder",
+        description="Pretrain ECG-JEPA on shards from `ecg-jepa prepare-data` or on built-in synthetic 12-lead ECGs,\n"
+        "with checkpoints that survive kills and pre-emption, then (on synthetic data) compare a linear probe\n"
+        "of the pretrained encoder with the same probe on a randomly initialised one.\n\n"
+        "With no options: the tiny preset, a few minutes on 2 CPU cores. The paper's: --preset vit-b.\n"
+        "Several GPUs: torchrun --nproc_per_node=N -m ecg_jepa pretrain ...",
+    )
+    g = p.add_argument_group("model and recipe (vit-b's default to the paper's, tiny's to a few CPU minutes)")
+    g.add_argument("--preset", default="tiny", choices=["tiny", "vit-b"], help="model size (vit-b: the paper's)")
+    g.add_argument("--mask", default="multiblock", choices=["multiblock", "random"], help="masking strategy")
+    g.add_argument("--per-sample-masks", action="store_true",
+                   help="a mask per ECG (random masks only) instead of one per batch as the original")
+    g.add_argument("--steps", type=_count(1), default=None, metavar="N", help="optimizer steps (tiny: 800)")
+    g.add_argument("--epochs", type=_count(1), default=None, metavar="N", help="epochs instead of steps (vit-b: 100)")
+    g.add_argument("--batch-size", type=_count(1), default=None, metavar="N",
+                   help="global ECGs per step, split over processes (vit-b: 64 multiblock / 128 random; tiny: 32)")
+    g.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate, cosine schedule (vit-b: 5e-5 multiblock / 2.5e-5 random; tiny: 1e-3)")
+    g.add_argument("--warmup-epochs", type=float, default=None, metavar="N",
+                   help="linear warm-up from 1e-6 (5 epochs with --epochs, else 10%% of the steps)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and masks")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, metavar="SHARDS", help="shards from `ecg-jepa prepare-data` "
+                   "(without it: synthetic ECGs)")
+    g.add_argument("--folds", default=None, help="with --data: pretrain only on these folds, e.g. 1-7")
+    g.add_argument("--split-field", default="strat_fold", metavar="FIELD", help="with --folds: the label holding the fold")
+    g.add_argument("--train-size", type=_count(1), default=4096, metavar="N", help="synthetic ECGs to pretrain on")
+    g.add_argument("--probe-train", type=_count(0), default=1024, metavar="N",
+                   help="synthetic ECGs to fit the probe on (0: no probe; none after --data)")
+    g.add_argument("--probe-test", type=_count(1), default=1024, metavar="N", help="synthetic ECGs to score the probe on")
+    g.add_argument("--workers", type=_count(0), default=1, metavar="N", help="data-loading processes per rank")
+    g = p.add_argument_group("run folder and checkpoints")
+    g.add_argument("--out", default="runs/pretrain", metavar="DIR",
+                   help="the run folder: checkpoints, log.jsonl, curves.png, summary.json, encoder.pt")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest readable checkpoint (fresh if it has none)")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run, deleting it")
+    g.add_argument("--checkpoint-every", type=_count(1), default=100, metavar="STEPS", help="steps between checkpoints")
+    g.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0, metavar="MIN",
+                   help="minutes between checkpoints (also after the first step and on SIGTERM/SIGINT)")
+    g.add_argument("--log-every", type=_count(1), default=10, metavar="STEPS",
+                   help="steps between log writes (the only time the host waits for the GPU)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when there is a GPU)")
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default: bf16 on a GPU, fp32 on the CPU; fp16 uses a grad scaler)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the block stacks (one dynamic-shape graph each)")
+    g.add_argument("--backend", default="auto", help="CroPA attention backend (see `ecg-jepa backends`)")
+    g.add_argument("--threads", type=_count(0), default=0, metavar="N", help="torch CPU threads (0: torch's own choice)")
+    p.set_defaults(func=_pretrain)
+
+
+def _add_data_commands(sub) -> None:
+    def common(p: argparse.ArgumentParser, data_positional: bool) -> None:
+        p.add_argument("checkpoint", help="an encoder checkpoint (ours or the original release's)")
+        if data_positional:
+            p.add_argument("data", nargs="+", metavar="DATA", help="shards folders, or raw data folders / records")
+        else:
+            p.add_argument("--data", nargs="+", required=True, metavar="DATA",
+                           help="shards folders from prepare-data, or raw labelled data folders (several: pooled)")
+        p.add_argument("--leads", default=None, help="reduced-lead model, e.g. II,V1 (default: the checkpoint's leads)")
+        p.add_argument("--pad", action="store_true", help="zero-pad raw records shorter than 10 s")
+
+    p = sub.add_parser(
+        "embed", formatter_class=_Help, help="mean-pooled encoder representations of ECGs, to a .npy file",
+        description="Embed every ECG of DATA (shards from prepare-data, or folders/records read_record reads,\n"
+        "prepared on the fly) with the encoder: one (D,) row per ECG, record ids beside it. Records that\n"
+        "cannot be read are left out and listed in OUT.failures.jsonl (exit status 1).",
+    )
+    common(p, data_positional=True)
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="output .npy (ids beside it, as .ids.txt)")
+    p.add_argument("--batch-size", type=_count(1), default=64, metavar="N")
+    p.add_argument("--random-init", type=int, default=None, metavar="SEED",
+                   help="embed with a randomly initialised encoder of the checkpoint's architecture (a baseline)")
+    p.set_defaults(func=_embed)
+
+    for name, helptext in (("probe", "linear probe of a frozen encoder on labelled ECGs"),
+                           ("finetune", "full fine-tuning of an encoder on labelled ECGs")):
+        p = sub.add_parser(
+            name, formatter_class=_Help, help=helptext + " (beside the same on a random-init encoder)",
+            description=helptext[0].upper() + helptext[1:] + ". Splits come from a label field (PTB-XL's\n"
+            "strat_fold by default); the model is chosen on the validation split and only then scored on the\n"
+            "test split. The same procedure on a randomly initialised encoder of the same architecture is\n"
+            "always printed beside it. Writes a JSON report and a PNG of per-class ROC curves.",
+        )
+        common(p, data_positional=False)
+        p.add_argument("--task", default=None, help="a named task: ptbxl-superclass, cpsc")
+        p.add_argument("--labels", default=None, help="comma-separated 0/1 label fields (multi-label task)")
+        p.add_argument("--label-field", default=None, metavar="FIELD", help="one label field whose values are the classes")
+        p.add_argument("--split-field", default="strat_fold", metavar="FIELD", help="label field that assigns the folds")
+        p.add_argument("--train", default="1-6", metavar="FOLDS", help="training folds")
+        p.add_argument("--val", default="7", metavar="FOLDS", help="validation folds (model selection)")
+        p.add_argument("--test", default="8", metavar="FOLDS", help="test folds (reported)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline and of the head")
+        p.add_argument("--out", default=f"runs/{name}/report.json", metavar="FILE.json", help="JSON report (PNG beside it)")
+        if name == "probe":
+            p.add_argument("--classifier", default="linear", choices=["linear", "logreg"],
+                           help="linear: the paper's (AdamW lr 0.01, batch 16, 10 epochs); logreg: scikit-learn")
+        else:
+            p.add_argument("--epochs", type=_count(1), default=10, metavar="N")
+            p.add_argument("--lr", type=_positive_float, default=6.25e-6)
+            p.add_argument("--batch-size", type=_count(1), default=16, metavar="N")
+        p.set_defaults(func=_downstream)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecg-jepa",
         description="ECG-JEPA: self-supervised representation learning for 12-lead ECGs, with fused CroPA attention.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_pretrain(sub)
 
     p = sub.add_parser(
-        "pretrain",
-        help="pretrain ECG-JEPA, then linear-probe it against a random-init encoder",
-        description="Pretrain ECG-JEPA on shards from `ecg-jepa prepare-data` or on synthetic 12-lead ECGs (the "
-        "built-in default), save checkpoints (atomically; --resume continues), log every step to log.jsonl, "
-        "and, on synthetic data, compare a linear probe of the pretrained encoder with the same probe on a "
-        "randomly initialised one. With no options: the tiny preset, a few minutes on 2 CPU cores. Multi-GPU: "
-        "torchrun --nproc_per_node=N -m ecg_jepa pretrain ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--preset", default="tiny", choices=["tiny", "vit-b"], help="model size (vit-b: the paper's)")
-    p.add_argument("--data", default=None, help="shards from `ecg-jepa prepare-data` (default: synthetic ECGs)")
-    p.add_argument("--folds", default=None, help="with --data: pretrain only on these folds, e.g. 1-7")
-    p.add_argument("--split-field", default="strat_fold", help="with --folds: the label field holding the fold")
-    p.add_argument("--mask", default="multiblock", choices=["multiblock", "random"], help="masking strategy")
-    p.add_argument("--per-sample-masks", action="store_true",
-                   help="a mask per ECG (random masks only) instead of one per batch as the original")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (tiny default: 800)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs instead of steps (vit-b default: 100)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="global ECGs per step, split over processes (vit-b: 64 multiblock / 128 random; tiny: 32)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate, cosine schedule (vit-b: 5e-5 multiblock / 2.5e-5 random; tiny: 1e-3)")
-    p.add_argument("--warmup-epochs", type=float, default=None,
-                   help="linear warm-up from 1e-6 (default: 5 epochs with --epochs, else 10%% of the steps)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision (default: bf16 on a GPU, fp32 on the CPU; fp16 uses a grad scaler)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--train-size", type=int, default=4096, help="synthetic ECGs to pretrain on")
-    p.add_argument("--probe-train", type=int, default=1024,
-                   help="synthetic ECGs to fit the probe on (0: no probe; no synthetic probe after --data)")
-    p.add_argument("--probe-test", type=int, default=1024, help="synthetic ECGs to score the probe on")
-    p.add_argument("--backend", default="auto", help="CroPA attention backend (see `ecg-jepa backends`)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and masks")
-    p.add_argument("--workers", type=int, default=1, help="data-loading worker processes (per rank)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default="runs/pretrain", help="folder for checkpoints, log.jsonl and curves.png")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT from its newest readable checkpoint (fresh if it has none)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that holds a run, deleting it")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
-                   help="minutes between checkpoints (also written after the first step and on SIGTERM/SIGINT)")
-    p.add_argument("--log-every", type=int, default=10,
-                   help="steps between log lines written (the only time the host waits for the GPU)")
-    p.set_defaults(func=_pretrain)
-
-    p = sub.add_parser(
-        "prepare-data",
-        help="prepare every ECG of a folder into float16 shards for training",
-        description="Read every record under SRC (WFDB .hea/.dat/.mat, CPSC2018 and CODE-15 .mat, .npy + .json "
-        "sidecar, a PTB-XL tree or the processed PTB-XL arrays), select the leads, keep the first SECONDS, "
-        "resample to FS (FFT) and write memory-mappable float16 shards plus manifest.jsonl to OUT. Records that "
-        "fail are skipped and listed with the reason in OUT/failures.jsonl; a re-run resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "prepare-data", formatter_class=_Help, help="prepare every ECG of a folder into float16 shards for training",
+        description="Read every record under SRC (WFDB .hea/.dat/.mat, CPSC2018 and CODE-15 .mat, .npy + .json\n"
+        "sidecar, a PTB-XL tree or the processed PTB-XL arrays), select the leads, keep the first SECONDS,\n"
+        "resample to FS (FFT) and write memory-mappable float16 shards plus manifest.jsonl to OUT. A record\n"
+        "that fails is skipped and listed with its file and reason in OUT/failures.jsonl (exit status 1);\n"
+        "a re-run resumes.",
     )
     p.add_argument("src", help="a data folder or one record")
     p.add_argument("out", help="output folder for shards and manifest")
     p.add_argument("--leads", default="I,II,V1,V2,V3,V4,V5,V6", help="comma-separated lead names, in order")
-    p.add_argument("--fs", type=int, default=250, help="output sampling rate in Hz")
-    p.add_argument("--seconds", type=float, default=10.0, help="seconds kept from the start of each record")
+    p.add_argument("--fs", type=_count(1), default=250, metavar="HZ", help="output sampling rate")
+    p.add_argument("--seconds", type=_positive_float, default=10.0, help="seconds kept from the start of each record")
     p.add_argument("--pad", action="store_true", help="zero-pad records shorter than SECONDS instead of failing")
     p.add_argument("--band-pass", action="store_true", help="0.67–40 Hz band-pass (off in the paper's pretraining)")
     p.add_argument("--zscore", action="store_true", help="per-lead z-score")
-    p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--shard-size", type=int, default=4096, help="records per shard")
+    p.add_argument("--workers", type=_count(1), default=2, metavar="N", help="worker processes")
+    p.add_argument("--shard-size", type=_count(1), default=4096, metavar="N", help="records per shard")
     p.set_defaults(func=_prepare_data)
 
-    def data_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoint", help="an encoder checkpoint (ours or the original release's)")
-        p.add_argument("--leads", default=None, help="reduced-lead model, e.g. II,V1 (none: the checkpoint's leads)")
-        p.add_argument("--pad", action="store_true", help="zero-pad raw records shorter than 10 s")
-        p.add_argument("--seed", type=int, default=0, help="seed of the random-init baseline and the head")
+    _add_data_commands(sub)
 
     p = sub.add_parser(
-        "embed", help="mean-pooled encoder representations of ECGs, to a .npy file",
-        description="Embed every ECG of DATA (shards from prepare-data, or any folder/record read_record "
-        "reads, prepared on the fly) with the encoder: one (D,) row per ECG, record ids beside it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "backends", formatter_class=_Help, help="say which CroPA attention backend auto picks for a shape, and why",
+        description="Which CroPA attention backend `auto` picks for inputs of this shape, dtype and device, and\n"
+        "every reason each other backend was or was not taken. Nothing is allocated: --device cuda works on a\n"
+        "machine without a GPU (the GPU is then described by --capability).",
     )
-    data_args(p)
-    p.add_argument("data", help="shards folder or raw data")
-    p.add_argument("--out", required=True, help="output .npy (ids go to the same name with .ids.txt)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.set_defaults(func=_embed)
-
-    for name, helptext in (("probe", "linear probe of a frozen encoder on labelled ECGs"),
-                           ("finetune", "full fine-tuning of an encoder on labelled ECGs")):
-        p = sub.add_parser(
-            name, help=helptext + " (beside the same on a random-init encoder)",
-            description=helptext[0].upper() + helptext[1:] + ". Splits come from a label field (PTB-XL's "
-            "strat_fold by default); the model is chosen on the validation split and only then scored on the "
-            "test split. The same procedure on a randomly initialised encoder of the same architecture is "
-            "always printed beside it. Writes a JSON report and a PNG of per-class ROC curves.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
-        data_args(p)
-        p.add_argument("--data", required=True, help="shards folder (from prepare-data) or raw labelled data")
-        p.add_argument("--task", default=None, help="a named task: ptbxl-superclass, cpsc")
-        p.add_argument("--labels", default=None, help="comma-separated 0/1 label fields (multi-label task)")
-        p.add_argument("--label-field", default=None, help="one label field whose values are the classes")
-        p.add_argument("--split-field", default="strat_fold", help="label field that assigns the folds")
-        p.add_argument("--train", default="1-6", help="training folds")
-        p.add_argument("--val", default="7", help="validation folds (model selection)")
-        p.add_argument("--test", default="8", help="test folds (reported)")
-        p.add_argument("--out", default=f"runs/{name}/report.json", help="JSON report (PNG beside it)")
-        if name == "probe":
-            p.add_argument("--classifier", default="linear", choices=["linear", "logreg"],
-                           help="linear: the paper's (AdamW lr 0.01, batch 16, 10 epochs); logreg: scikit-learn")
-        else:
-            p.add_argument("--epochs", type=int, default=10)
-            p.add_argument("--lr", type=float, default=6.25e-6)
-            p.add_argument("--batch-size", type=int, default=16)
-        p.set_defaults(func=_downstream)
-
-    p = sub.add_parser(
-        "backends",
-        help="say which CroPA attention backend auto picks for a shape, and why",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--capability", default="9.0", help="without a GPU: the compute capability to describe (8.0: A100)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--leads", type=int, default=8)
-    p.add_argument("--slots", type=int, default=50, help="time slots per lead (T)")
-    p.add_argument("--head-dim", type=int, default=48)
+    p.add_argument("--batch", type=_count(1), default=1)
+    p.add_argument("--heads", type=_count(1), default=16)
+    p.add_argument("--leads", type=_count(1), default=8)
+    p.add_argument("--slots", type=_count(1), default=50, help="time slots per lead (T)")
+    p.add_argument("--head-dim", type=_count(1), default=48)
     p.add_argument("--grad", action="store_true", help="inputs require grad (training)")
     p.set_defaults(func=_backends)
 
     p = sub.add_parser(
-        "bench",
-        help="check parity, then time every backend; write JSON, CSV, Markdown and a PNG",
-        description="Benchmark suite: every CroPA backend (and unmasked dense SDPA, the speed of light of dense "
-        "attention), one encoder block and one training step, ours vs the reference. Parity with a float64 "
-        "reference is checked first; a backend that fails it is never timed. See benchmarks/README.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "bench", formatter_class=_Help, help="check parity, then time every backend; write JSON, CSV, Markdown and a PNG",
+        description="Benchmark suite: every CroPA backend (and unmasked dense SDPA, the speed of light of dense\n"
+        "attention), the patch embedding, one encoder block and one training step, ours vs the reference.\n"
+        "Parity with a float64 oracle is checked first; a backend that fails it is never timed.\n"
+        "See benchmarks/README.md.",
     )
     p.add_argument("--quick", action="store_true", help="tiny shapes and short timing: a smoke check")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--budget", type=float, default=None, help="seconds of timing per case (default 1, quick 0.05)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when there is a GPU)")
+    p.add_argument("--budget", type=_positive_float, default=None, metavar="SECONDS",
+                   help="timing per case (default: 1, quick 0.05)")
+    p.add_argument("--threads", type=_count(0), default=0, metavar="N", help="torch CPU threads (0: torch's own choice)")
     p.add_argument("--only", default="attention,patch-embed,block,train-step,data",
                    help="comma-separated parts to run: attention, patch-embed, block, train-step, data")
     p.add_argument("--shapes", default=None, choices=["quick", "cpu", "gpu", "goal"],
                    help="attention shapes (default: gpu or cpu by device; goal: the speed goals' four shapes)")
     p.add_argument("--backends", default=None, help="only these attention backends, e.g. sdpa,flex,triton,dense")
-    p.add_argument("--out", default="runs/bench", help="folder for the result files (benchmarks/results/ keeps "
-                   "the ones worth committing)")
+    p.add_argument("--out", default="runs/bench", metavar="DIR",
+                   help="folder for the result files (benchmarks/results/ keeps the ones worth committing)")
     p.set_defaults(func=_bench)
     return parser
 

@@ -49,8 +49,40 @@ class Record:
 
 
 def read_record(path: str | os.PathLike) -> Record:
-    """Read one record. ``path`` may name the header, the data file or the record without extension."""
+    """Read one record. ``path`` may name the header, the data file or the record without extension.
+    Whatever is wrong with the file is a :class:`RecordError` that names it."""
     path = Path(path)
+    try:
+        return _read_any(path)
+    except RecordError:
+        raise
+    except Exception as e:  # a malformed file of a known format (its reader failed in an unforeseen way)
+        raise RecordError(f"{path}: malformed record ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _rate(value, source: Path) -> float:
+    """A sampling rate in Hz from a header or sidecar value, or a RecordError naming the file."""
+    try:
+        fs = float(np.ravel(value)[0]) if not isinstance(value, (int, float, str)) else float(value)
+    except (TypeError, ValueError, IndexError):
+        raise RecordError(f"{source}: sampling rate must be a number of Hz, got {value!r}") from None
+    if not np.isfinite(fs) or fs <= 0:
+        raise RecordError(f"{source}: sampling rate must be a positive number of Hz, got {value!r}")
+    return fs
+
+
+def _matrix(value, rows: int, what: str, source: Path) -> np.ndarray:
+    """A (rows, n) float32 signal, or a RecordError naming the file and the shape found."""
+    try:
+        signal = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RecordError(f"{source}: {what} is not a numeric array") from None
+    if signal.ndim != 2 or signal.shape[0] != rows or signal.shape[1] < 1:
+        raise RecordError(f"{source}: {what} has shape {signal.shape}, expected ({rows}, samples)")
+    return signal
+
+
+def _read_any(path: Path) -> Record:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return _read_npy(path)
@@ -174,13 +206,23 @@ def _read_mat(path: Path) -> Record:
     except Exception as e:
         raise RecordError(f"{path}: unreadable MATLAB file ({type(e).__name__}: {e})") from None
     if "ECG" in mat:  # CPSC2018: struct with sex, age, data (12, N) in mV at 500 Hz
-        ecg = mat["ECG"][0, 0]
-        labels = {"sex": str(np.ravel(ecg["sex"])[0]), "age": float(np.ravel(ecg["age"])[0])}
-        return Record(path.stem, np.asarray(ecg["data"], dtype=np.float32), 500.0, STANDARD_12, "cpsc2018", labels)
+        ecg = mat["ECG"]
+        if ecg.dtype.names is None or "data" not in ecg.dtype.names or ecg.size < 1:
+            raise RecordError(f"{path}: 'ECG' is not a CPSC2018 struct with a 'data' field (got a {ecg.dtype} "
+                              f"array of shape {ecg.shape})")
+        ecg = ecg.flat[0]
+        labels = {}
+        for key, cast in (("sex", str), ("age", float)):
+            if key in ecg.dtype.names and np.size(ecg[key]):
+                try:
+                    labels[key] = cast(np.ravel(ecg[key])[0])
+                except (TypeError, ValueError):
+                    labels[key] = None
+        return Record(path.stem, _matrix(ecg["data"], 12, "ECG.data", path), 500.0, STANDARD_12, "cpsc2018", labels)
     if "feats" in mat:  # CODE-15 exam: feats (12, N) in mV at org_sample_rate (400 Hz)
-        fs = float(np.ravel(mat.get("curr_sample_rate", mat.get("org_sample_rate", [[400]])))[0])
-        labels = {"idx": int(np.ravel(mat["idx"])[0])} if "idx" in mat else {}
-        return Record(path.stem, np.asarray(mat["feats"], dtype=np.float32), fs, STANDARD_12, "code15", labels)
+        fs = _rate(mat.get("curr_sample_rate", mat.get("org_sample_rate", 400)), path)
+        labels = {"idx": int(np.ravel(mat["idx"])[0])} if "idx" in mat and np.size(mat["idx"]) else {}
+        return Record(path.stem, _matrix(mat["feats"], 12, "feats", path), fs, STANDARD_12, "code15", labels)
     if "val" in mat:
         raise RecordError(f"{path}: a Challenge-style .mat needs its .hea header beside it (gains, fs, leads)")
     raise RecordError(f"{path}: MATLAB file holds none of the known ECG layouts (ECG struct, feats, val)")
@@ -192,12 +234,21 @@ def _read_npy(path: Path) -> Record:
         raise RecordError(f"{path}: a .npy ECG needs a sidecar {sidecar.name} with its fs and leads")
     try:
         info = json.loads(sidecar.read_text())
+    except (ValueError, OSError) as e:
+        raise RecordError(f"{sidecar}: unreadable sidecar ({e})") from None
+    if not isinstance(info, dict):
+        raise RecordError(f"{sidecar}: the sidecar must be a JSON object with 'fs' and 'leads'")
+    try:
         signal = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise RecordError(f"{path}: unreadable array or sidecar ({e})") from None
-    leads = tuple(info.get("leads", ()))
-    if signal.ndim != 2 or signal.shape[0] != len(leads):
-        raise RecordError(f"{path}: array shape {signal.shape} does not match the sidecar's {len(leads)} leads")
+        raise RecordError(f"{path}: unreadable array ({e})") from None
+    leads = info.get("leads", ())
+    if not isinstance(leads, list) or not all(isinstance(name, str) for name in leads):
+        raise RecordError(f"{sidecar}: 'leads' must be a list of lead names, got {leads!r}")
     if "fs" not in info:
         raise RecordError(f"{sidecar}: missing 'fs' (sampling rate in Hz)")
-    return Record(path.stem, signal.astype(np.float32), float(info["fs"]), leads, "npy", dict(info.get("labels", {})))
+    fs = _rate(info["fs"], sidecar)
+    labels = info.get("labels", {})
+    if not isinstance(labels, dict):
+        raise RecordError(f"{sidecar}: 'labels' must be a JSON object, got {labels!r}")
+    return Record(path.stem, _matrix(signal, len(leads), "the array", path), fs, tuple(leads), "npy", dict(labels))

@@ -51,8 +51,25 @@ def _prepare_one(args: tuple[Item, PrepareOptions]) -> tuple[Item, np.ndarray | 
         if np.abs(x).max() > np.finfo(np.float16).max:
             raise RecordError(f"record {record.id} exceeds the float16 range of the shards")
         return item, x.astype(np.float16), {"id": record.id, "source": record.source, "labels": record.labels}
-    except (RecordError, OSError, ValueError) as e:
+    except RecordError as e:
         return item, None, str(e)
+    except Exception as e:  # any failure is this record's, named, never the run's
+        return item, None, f"{item.path}: {type(e).__name__}: {str(e)[:300]}"
+
+
+def _die_with_parent() -> None:
+    """Pool-worker initializer: the worker is killed when its parent dies, even by SIGKILL (Linux), and
+    leaves SIGINT to the parent."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
@@ -120,7 +137,7 @@ def prepare_data(
     todo = [item for item in find_records(src) if item.key not in seen]
     shard = 1 + max((r["shard"] for r in manifest), default=-1)
     counts = {"prepared": 0, "failed": 0, "skipped": len(seen)}
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool, tqdm(
+    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) if workers > 1 else _Serial() as pool, tqdm(
         total=len(todo), desc="prepare-data", unit="rec", disable=not progress
     ) as bar:
         for start in range(0, len(todo), shard_size):

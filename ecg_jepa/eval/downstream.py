@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..constants import LEADS, find_lead
-from ..data.prepare import bandpass, prepare
-from ..data.shards import ShardDataset
-from ..data.sources import find_records, load_item
+from ..data.prepare import bandpass
+from ..data.shards import PrepareOptions, ShardDataset, prepare_data
 from ..errors import InputError
 from ..model.encoder import Encoder
 from .probe import ProbeResult, _scores, macro_auroc, probabilities
@@ -96,46 +95,62 @@ def split_by_field(records: Sequence[dict], field: str, train: str, val: str, te
     return out
 
 
-class LeadSelect(Dataset):
-    """Items of a shard dataset with channels reordered/subset to ``leads`` (names of :data:`LEADS`)."""
+class Collection(Dataset):
+    """The ECGs of several folders as one dataset: item i is ``(x, i)``, x (len(leads), 2500) float32 in the
+    requested lead order; ``records[i]`` its manifest entry (id, labels); ``failures`` the records of raw
+    folders that could not be read or prepared ({"path", "reason"}), left out."""
 
-    def __init__(self, data: Dataset, stored: Sequence[str], leads: Sequence[str]) -> None:
-        rows = [find_lead(name, stored) for name in leads]
-        missing = [name for name, row in zip(leads, rows) if row is None]
-        if missing:
-            raise InputError(f"the data has no lead {', '.join(missing)} (it has {', '.join(stored)})")
-        self.data, self.rows = data, rows
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        x, y = self.data[i]
-        return x[self.rows], y
-
-
-class PreparedRecords(Dataset):
-    """Raw records (any folder ``find_records`` reads), prepared on the fly: item i is ``(x, i)``."""
-
-    def __init__(self, src: str | os.PathLike, leads: Sequence[str] = LEADS, pad: bool = False) -> None:
-        self.items, self.leads, self.pad = find_records(src), tuple(leads), pad
-        self.records = [{"key": it.key, "id": it.key, "labels": it.labels} for it in self.items]
+    def __init__(self, parts: Sequence[tuple[ShardDataset, list[int]]], failures: list[dict]) -> None:
+        self.parts = list(parts)
+        self.index = [(p, j) for p, (shards, _) in enumerate(self.parts) for j in range(len(shards))]
+        self.records = [r for shards, _ in self.parts for r in shards.records]
+        self.failures = failures
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.index)
 
     def __getitem__(self, i: int):
-        return torch.from_numpy(prepare(load_item(self.items[i]), self.leads, pad=self.pad)), i
+        part, j = self.index[i]
+        shards, rows = self.parts[part]
+        return shards[j][0][rows], i
 
 
-def open_data(path: str | os.PathLike, leads: Sequence[str] = LEADS, pad: bool = False) -> Dataset:
-    """Shards (a folder with ``manifest.jsonl``) with their leads selected, or raw records prepared on the fly."""
-    if (Path(path) / "manifest.jsonl").exists():
+def _rows(stored: Sequence[str], leads: Sequence[str], where) -> list[int]:
+    rows = [find_lead(name, stored) for name in leads]
+    missing = [name for name, row in zip(leads, rows) if row is None]
+    if missing:
+        raise InputError(f"{where} has no lead {', '.join(missing)} (it has {', '.join(stored)})")
+    return rows
+
+
+def open_data(paths: str | os.PathLike | Sequence[str | os.PathLike], leads: Sequence[str] = LEADS, *,
+              pad: bool = False, scratch: str | os.PathLike | None = None, progress: bool = True) -> Collection:
+    """The ECGs of one or several folders, in the given leads: shards from ``prepare-data`` are read as
+    they are; raw folders (any layout :func:`~ecg_jepa.data.find_records` reads) are prepared into
+    ``scratch`` first, record by record, a record that fails being listed in ``failures`` and left out."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    parts, failures = [], []
+    for n, path in enumerate(paths):
+        path = Path(path)
+        if not (path / "manifest.jsonl").exists():
+            if scratch is None:
+                raise InputError(f"{path} is not a shards folder; prepare it with `ecg-jepa prepare-data {path} OUT`")
+            out = Path(scratch) / f"prepared-{n}"
+            prepare_data(path, out, PrepareOptions(leads=tuple(leads), pad=pad), progress=progress)
+            failures += [{"path": f["path"], "reason": f["reason"]} for f in _read_failures(out)]
+            path = out
         shards = ShardDataset(path)
-        data = LeadSelect(shards, shards.config["leads"], leads)
-        data.records = shards.records
-        return data
-    return PreparedRecords(path, leads, pad)
+        parts.append((shards, _rows(shards.config["leads"], leads, path)))
+    data = Collection(parts, failures)
+    if not len(data):
+        raise InputError(f"no ECG could be read from {', '.join(map(str, paths))}"
+                         + (f" ({len(failures)} failed: {failures[0]['reason']})" if failures else ""))
+    return data
+
+
+def _read_failures(folder: Path) -> list[dict]:
+    path = folder / "failures.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -203,8 +218,9 @@ def finetune(
     return result
 
 
-def write_report(out: str | os.PathLike, task: Task, sizes: dict, results: dict[str, ProbeResult], how: str) -> Path:
-    """The JSON report of a probe or fine-tune run; returns its path."""
+def write_report(out: str | os.PathLike, task: Task, sizes: dict, results: dict[str, ProbeResult], how: str,
+                 failures: Sequence[dict] = ()) -> Path:
+    """The JSON report of a probe or fine-tune run (with the records left out, if any); returns its path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -217,6 +233,7 @@ def write_report(out: str | os.PathLike, task: Task, sizes: dict, results: dict[
                    "chosen": r.chosen}
             for name, r in results.items()
         },
+        "records_left_out": list(failures),
     }
     out.write_text(json.dumps(report, indent=1))
     return out

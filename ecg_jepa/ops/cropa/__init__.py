@@ -14,7 +14,14 @@ import torch
 
 from ... import build_ext
 from ...errors import InputError, InputTypeError
-from ..registry import Backend, Capabilities, Dispatcher, InputSpec, needs_grad, triton_available
+from ..registry import (
+    Backend,
+    Capabilities,
+    Dispatcher,
+    InputSpec,
+    needs_grad,
+    triton_available,
+)
 from . import torch_backends
 from .reference import reference
 

@@ -1,0 +1,155 @@
+"""Pretraining runs that nothing a user does can lose: one writer per folder, no silent overwrite or
+append, checkpoints from the first step and on SIGTERM, resume from a damaged checkpoint, and a run killed
+at any point (SIGKILL or SIGTERM) that resumes to exactly the uninterrupted run's weights and log."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ecg_jepa import load_encoder
+from ecg_jepa.data.synthetic import SyntheticECG
+from ecg_jepa.errors import InputError
+from ecg_jepa.train.pretrain import PretrainConfig, pretrain
+from ecg_jepa.train.run_folder import RunFolder
+
+ARGS = ["--steps", "12", "--batch-size", "4", "--train-size", "16", "--probe-train", "0", "--workers", "0",
+        "--device", "cpu", "--threads", "1", "--checkpoint-every", "5", "--log-every", "2"]
+
+# Runs the CLI, sending this process SIG when step K's EMA update starts (after its optimizer step, before
+# its log and checkpoint): a deterministic kill point.
+DRIVER = r"""
+import os, signal, sys
+import ecg_jepa.train.pretrain as loop
+kill_step, sig = int(sys.argv[1]), int(sys.argv[2])
+schedule = loop.ema_momentum
+def hooked(step, total):
+    if step == kill_step:
+        os.kill(os.getpid(), sig)
+    return schedule(step, total)
+loop.ema_momentum = hooked
+from ecg_jepa.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _cli(out: Path, *extra: str, kill: tuple[int, int] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["pretrain", *ARGS, "--out", str(out), *extra]
+    cmd = [sys.executable, "-c", DRIVER, str(kill[0]), str(int(kill[1])), *args] if kill else \
+        [sys.executable, "-m", "ecg_jepa", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _logged_steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in open(out / "log.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    result = _cli(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_step,sig", [
+    (0, signal.SIGKILL),   # before any checkpoint: the run restarts from nothing
+    (3, signal.SIGKILL),   # after the first-step checkpoint, before the first step-based one (5)
+    (8, signal.SIGKILL),   # after checkpoint 5, with logged steps past it
+    (2, signal.SIGTERM),   # SIGTERM: the step finishes, a checkpoint is written, the run stops (143)
+    (10, signal.SIGINT),
+])
+def test_killed_run_resumes_bit_identical(tmp_path, uninterrupted, kill_step, sig):
+    out = tmp_path / "run"
+    killed = _cli(out, kill=(kill_step, sig))
+    assert killed.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig), killed.stderr[-3000:]
+    if sig != signal.SIGKILL:
+        assert "checkpoint saved" in killed.stdout and "--resume" in killed.stdout
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == kill_step + 1
+        assert "Traceback" not in killed.stderr
+    resumed = _cli(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if kill_step == 0 and sig == signal.SIGKILL:
+        assert "no checkpoint" in resumed.stdout and "starting fresh" in resumed.stdout
+    final = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert final["step"] == 12
+    for part in ("encoder", "target_encoder", "predictor"):
+        for key, value in uninterrupted[part].items():
+            assert torch.equal(value, final[part][key]), f"{part}.{key}"
+    assert _logged_steps(out) == list(range(12))  # every step once: no gap, no duplicate
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    holder = RunFolder(tmp_path)
+    holder.lock()
+    try:
+        result = _cli(tmp_path)
+        assert result.returncode == 2
+        assert f"PID {os.getpid()}" in result.stderr and "in use" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        holder.unlock()
+
+
+def test_a_folder_with_a_run_needs_resume_or_overwrite(tmp_path):
+    cfg = PretrainConfig(steps=2, batch_size=2, workers=0)
+    pretrain(cfg, SyntheticECG(4), tmp_path, progress=False, say=lambda *a: None)
+    with pytest.raises(InputError, match="--resume.*--overwrite"):
+        pretrain(cfg, SyntheticECG(4), tmp_path, progress=False, say=lambda *a: None)
+    said = []
+    pretrain(PretrainConfig(steps=3, batch_size=2, workers=0), SyntheticECG(4), tmp_path, overwrite=True,
+             progress=False, say=said.append)
+    assert any("removed the previous run" in s for s in said)
+    assert _logged_steps(tmp_path) == [0, 1, 2]
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path):
+    said = []
+    pretrain(PretrainConfig(steps=1, batch_size=2, workers=0), SyntheticECG(4), tmp_path, resume=True,
+             progress=False, say=said.append)
+    assert any("no checkpoint" in s and "starting fresh" in s for s in said)
+
+
+def _two_checkpoints(tmp_path) -> RunFolder:
+    cfg = PretrainConfig(steps=4, batch_size=2, workers=0, checkpoint_every=2)
+    pretrain(cfg, SyntheticECG(4), tmp_path, progress=False, say=lambda *a: None)
+    folder = RunFolder(tmp_path)
+    assert [torch.load(p, weights_only=True)["step"] for p in folder.checkpoints()] == [4, 2]
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path, damage):
+    folder = _two_checkpoints(tmp_path)
+    latest = tmp_path / "checkpoint.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"")
+    said = []
+    state = folder.start(resume=True, overwrite=False, say=said.append)
+    assert state["step"] == 2
+    assert "checkpoint.pt" in said[0] and ("truncated" in said[0] or "empty" in said[0])
+    assert "checkpoint.prev.pt (step 2)" in said[0]
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+    folder = _two_checkpoints(tmp_path)
+    for path in folder.checkpoints():
+        path.write_bytes(b"\x00" * 10)
+    with pytest.raises(InputError, match="no readable checkpoint.*--overwrite"):
+        folder.start(resume=True, overwrite=False, say=lambda *a: None)
+    result = _cli(tmp_path, "--resume")
+    assert result.returncode == 2 and "no readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty"), (b"PK\x03\x04 cut off", "truncated|not a readable"),
+                                           (b"not a checkpoint", "not a readable checkpoint")])
+def test_load_encoder_explains_bad_files(tmp_path, content, match):
+    path = tmp_path / "encoder.pt"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        load_encoder(path)
