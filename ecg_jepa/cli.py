@@ -283,9 +283,9 @@ def _add_pretrain(sub) -> None:
     g.add_argument("--mask", default="multiblock", choices=["multiblock", "random"], help="masking strategy")
     g.add_argument("--per-sample-masks", action="store_true",
                    help="a mask per ECG (random masks only) instead of one per batch as the original")
-    g.add_argument("--steps", type=_count(1), default=None, metavar="N", help="optimizer steps (tiny: 800)")
+    g.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps (tiny: 800)")
     g.add_argument("--epochs", type=_count(1), default=None, metavar="N", help="epochs instead of steps (vit-b: 100)")
-    g.add_argument("--batch-size", type=_count(1), default=None, metavar="N",
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="global ECGs per step, split over processes (vit-b: 64 multiblock / 128 random; tiny: 32)")
     g.add_argument("--lr", type=_positive_float, default=None,
                    help="peak learning rate, cosine schedule (vit-b: 5e-5 multiblock / 2.5e-5 random; tiny: 1e-3)")

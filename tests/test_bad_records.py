@@ -125,7 +125,7 @@ def test_embed_on_a_raw_folder_goes_past_bad_records(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1, captured.err
     assert np.load(tmp_path / "e.npy").shape == (len(GOOD), 32)
-    assert sorted((tmp_path / "e.ids.txt").read_text().split()) == sorted(GOOD)  # record ids
+    assert sorted((tmp_path / "e.ids.txt").read_text().split()) == sorted(f"{name}.npy" for name in GOOD)
     assert f"{len(bad)} record(s) failed" in captured.out
     _matches(_failures(tmp_path / "e.failures.jsonl"), bad)
 

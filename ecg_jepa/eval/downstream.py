@@ -132,7 +132,8 @@ def open_data(paths: str | os.PathLike | Sequence[str | os.PathLike], leads: Seq
     parts, failures = [], []
     for n, path in enumerate(paths):
         path = Path(path)
-        if not (path / "manifest.jsonl").exists():
+        raw = not (path / "manifest.jsonl").exists()
+        if raw:
             if scratch is None:
                 raise InputError(f"{path} is not a shards folder; prepare it with `ecg-jepa prepare-data {path} OUT`")
             out = Path(scratch) / f"prepared-{n}"
@@ -140,6 +141,9 @@ def open_data(paths: str | os.PathLike | Sequence[str | os.PathLike], leads: Seq
             failures += [{"path": f["path"], "reason": f["reason"]} for f in _read_failures(out)]
             path = out
         shards = ShardDataset(path)
+        if raw:  # a raw record is known by its path in its folder (two folders may share file stems)
+            for r in shards.records:
+                r["id"] = r["key"]
         parts.append((shards, _rows(shards.config["leads"], leads, path)))
     data = Collection(parts, failures)
     if not len(data):
