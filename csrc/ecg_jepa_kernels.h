@@ -1,28 +1,52 @@
 // Launchers of the ecg-jepa CUDA kernels: raw device pointers, sizes and a stream; no torch.
-// Tensors are contiguous. Attention: q, k, v, o, do, dq, dk, dv are (BH, N, D) with N = L*T lead-major
-// (token = lead*T + slot); lse and delta are (BH, N) float. Patch embedding: x (B, L, S) with S = T_all*P,
-// w (D, P), bias (D), pos (rows, D) float, vis (vis_rows, Tv) int32 slot ids (vis_rows 1 or B),
-// lead_ids (L) int32, out (B, L*Tv, D).
+//
+// Attention: q, k, v, o, do, dq, dk, dv are contiguous (BH, N, d) with N = L*T lead-major (token = lead*T +
+// slot); lse and delta are (BH, N) float. Patch embedding: x (B, L, S) with S = T_all*P, w (D, P), bias (D),
+// pos (rows, D) float, vis (vis_rows, Tv) int32 slot ids ascending (vis_rows 1 or B), lead_ids (L) int32,
+// out (B, L*Tv, D); all contiguous.
+//
+// Built with nvcc for the GPU, or as plain C++ with ECG_JEPA_HOST_EMULATION (the kernels' logic on the CPU,
+// for tests; see block.cuh), where the launchers run every CTA in turn on host memory.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+
+#ifdef ECG_JEPA_HOST_EMULATION
+using cudaError_t = int;
+using cudaStream_t = void*;
+constexpr cudaError_t cudaSuccess = 0;
+constexpr cudaError_t cudaErrorInvalidValue = 1;
+#else
 #include <cuda_runtime.h>
+#endif
+
+#ifndef ECG_JEPA_MAX_HEAD_DIM
+#error "build with -DECG_JEPA_MAX_HEAD_DIM=... (ecg_jepa.build_ext.cuda_flags passes the limit declared in ecg_jepa.ops.cropa)"
+#endif
 
 namespace ecg_jepa {
 
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
-#ifndef ECG_JEPA_MAX_HEAD_DIM
-#error "build with -DECG_JEPA_MAX_HEAD_DIM=... (ecg_jepa.build_ext.cuda_flags passes the limit declared in ecg_jepa.ops.cropa)"
-#endif
 constexpr int kMaxHeadDim = ECG_JEPA_MAX_HEAD_DIM;
 
-cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const void* v, void* o, float* lse,
-                                int64_t bh, int leads, int slots, int head_dim, float scale, cudaStream_t stream);
+// How the attention kernels split a problem: leads per CTA (the largest group whose shared memory fits in
+// ``smem_limit`` bytes; 0 if even one lead does not fit) and the shared memory of one CTA.
+struct AttentionPlan {
+  int fwd_group, bwd_group;
+  size_t fwd_smem, bwd_smem;
+};
+AttentionPlan attention_plan(DType dtype, int leads, int head_dim, size_t smem_limit);
 
-// Writes delta = rowsum(dO * O) (BH, N) first, then dq and (dk, dv).
+cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const void* v, void* o, float* lse,
+                                int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
+                                cudaStream_t stream);
+
+// Writes delta = rowsum(dO * O) (BH, N) first, then dq, dk, dv (one kernel; no atomics).
 cudaError_t cropa_attention_bwd(DType dtype, const void* q, const void* k, const void* v, const void* o,
                                 const void* d_out, const float* lse, float* delta, void* dq, void* dk, void* dv,
-                                int64_t bh, int leads, int slots, int head_dim, float scale, cudaStream_t stream);
+                                int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
+                                cudaStream_t stream);
 
 cudaError_t patch_embed_fwd(DType dtype, const void* x, const void* w, const void* bias, const float* pos,
                             const int32_t* vis, int vis_rows, const int32_t* lead_ids, void* out, int batch,

@@ -110,6 +110,19 @@ def wide_side_lines(source: Path) -> list[int]:
     return [i for i, line in enumerate(source.read_text().splitlines(), start=1) if WIDE_SIDE_MARK in line]
 
 
+def build_emulation(verbose: bool = False) -> Path:
+    """Build (or reuse) the CUDA kernels' source compiled for the CPU (csrc/emulation.cpp, plain C++, no
+    CUDA toolkit needed) and load its ops into ``torch.ops.ecg_jepa_emu``: the tests check the kernels'
+    logic with it on machines without a GPU."""
+    import torch.utils.cpp_extension as cpp
+
+    out = cache_dir().with_name(cache_dir().name + "-emulation")
+    out.mkdir(parents=True, exist_ok=True)
+    cpp.load(name="ecg_jepa_emu", sources=[str(CSRC / "emulation.cpp")], extra_cflags=["-O2", *defines()],
+             extra_include_paths=[str(CSRC)], build_directory=str(out), is_python_module=False, verbose=verbose)
+    return out / "ecg_jepa_emu.so"
+
+
 _loaded = {"done": False}
 
 

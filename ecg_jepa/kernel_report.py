@@ -11,8 +11,9 @@ that ship inside triton's package.
 One row per kernel, configuration and architecture: registers, spill bytes (stack + local), shared memory
 (static + dynamic), tensor-core instructions (HGMMA on sm_90, HMMA), the global accesses of the kernel's
 wide side (its tile loads; for the patch embedding the token rows) by width, and the CTAs per SM those
-resources allow. ``--check`` exits 1 on any spill, or on a wide-side access narrower than 16 bytes for
-bf16/fp16 at a head dim (embedding width) of 32 or more.
+resources allow. ``--check`` exits 1 on any spill, on a wide-side access narrower than 16 bytes for
+bf16/fp16 at a head dim (embedding width) of 32 or more, or on a 16-bit CUDA kernel without tensor-core
+instructions.
 """
 from __future__ import annotations
 
@@ -53,11 +54,12 @@ class Row:
     narrowest_wide: int | None = None  # bytes
     widest_load: int = 0
     needs_wide: bool = False  # 16-bit data with rows of >= 32 elements: the wide side must be 16-byte
+    needs_tensor_cores: bool = False  # 16-bit CUDA attention and embedding kernels: HMMA expected
 
     @property
     def ok(self) -> bool:
         wide = not self.needs_wide or (self.narrowest_wide is not None and self.narrowest_wide >= 16)
-        return self.spill_bytes == 0 and wide
+        return self.spill_bytes == 0 and wide and (self.tensor_core > 0 or not self.needs_tensor_cores)
 
 
 def _tools() -> Path:
@@ -70,12 +72,14 @@ def _run(*cmd: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def _ctas_per_sm(arch: int, regs: int, shared: int, threads: int) -> int:
+def _ctas_per_sm(arch: int, regs: int, static: int, dynamic: int, threads: int) -> int:
+    """CTAs per SM the registers, shared memory (static + dynamic; the system reserves 1 KB per CTA, which
+    sm_90's cubins already report as static) and threads allow."""
     max_regs, max_smem, max_threads, max_ctas = SM_LIMITS[arch]
     warps = -(-threads // 32)
     warp_regs = -(-max(regs, 1) * 32 // 256) * 256  # allocated per warp in units of 256
     by_regs = (max_regs // warp_regs) // warps
-    by_smem = max_smem // (shared + 1024) if shared else max_ctas  # 1 KB reserved per CTA
+    by_smem = max_smem // (dynamic + max(static, 1024))
     return max(0, min(by_regs, by_smem, max_threads // threads, max_ctas))
 
 
@@ -164,7 +168,8 @@ def _triton_row(kernel, args, kwargs, arch: int, config: str, wide: set, needs_w
     counts, widest = _access_widths(sass, wide)
     shared = static_smem + compiled.metadata.shared
     threads = kwargs.get("num_warps", 4) * 32
-    return Row(kernel.fn.__name__, config, arch, regs, spill, shared, threads, _ctas_per_sm(arch, regs, shared, threads),
+    return Row(kernel.fn.__name__, config, arch, regs, spill, shared, threads,
+               _ctas_per_sm(arch, regs, static_smem, compiled.metadata.shared, threads),
                sass.count("HGMMA") + sass.count("HMMA"), counts, _narrowest(counts), widest, needs_wide)
 
 
@@ -235,22 +240,46 @@ def cuda_rows(archs: tuple[int, ...]) -> list[Row]:
     except build_ext.BuildError:
         return []
     rows = []
+    # The marked lines live in the headers the kernels include (block.cuh) as well as in the .cu files.
+    wide = {(f.name, line) for f in build_ext.CSRC.iterdir() if f.suffix in (".cu", ".cuh")
+            for line in build_ext.wide_side_lines(f)}
     for source in sorted(build_ext.CSRC.glob("*.cu")):
-        wide = build_ext.wide_side_lines(source)
         for arch in archs:
             with tempfile.TemporaryDirectory() as tmp:
                 cubin = Path(tmp) / "k.cubin"
                 subprocess.run([nvcc, *build_ext.cuda_flags(), f"-arch=sm_{arch}", "-cubin", "-I", str(build_ext.CSRC),
                                 "-o", str(cubin), str(source)], capture_output=True, text=True, check=True)
                 for name, regs, spill, shared, sass in _read_cubin(cubin):
-                    counts, widest = _access_widths(sass, {(source.name, line) for line in wide})
+                    counts, widest = _access_widths(sass, wide)
                     threads = _max_threads(cubin, name)
                     label = _demangle(name)
-                    rows.append(Row(label, f"{source.name}", arch, regs, spill, shared, threads,
-                                    _ctas_per_sm(arch, regs, shared, threads), sass.count("HGMMA") + sass.count("HMMA"),
+                    dynamic = _paper_shape_smem(label, arch)
+                    rows.append(Row(label, source.name + (" (smem at L8 d48)" if "cropa_" in label else ""), arch, regs, spill,
+                                    shared + dynamic, threads, _ctas_per_sm(arch, regs, shared, dynamic, threads),
+                                    sass.count("HGMMA") + sass.count("HMMA"),
                                     counts, _narrowest(counts), widest,
-                                    needs_wide=bool(wide) and ("__half" in label or "bfloat16" in label)))
+                                    needs_wide="__half" in label or "bfloat16" in label,
+                                    needs_tensor_cores=("__half" in label or "bfloat16" in label)
+                                    and "delta" not in label))
     return rows
+
+
+def _paper_shape_smem(label: str, arch: int) -> int:
+    """The dynamic shared memory of a CUDA attention CTA at the paper's shape (8 leads, d = 48), which
+    decides its CTAs per SM (the patch-embedding kernels' depends on the mask: 0 here)."""
+    from .ops.cropa.cuda import SMEM_PER_CTA, shared_memory
+
+    if "cropa_fwd" not in label and "cropa_bwd" not in label:
+        return 0
+    size = 4 if "<float>" in label else 2
+    index = 0 if "cropa_fwd" in label else 1
+    limit = SMEM_PER_CTA[(arch // 10, arch % 10)]
+    for budget in (limit // 2, limit):  # csrc attention_plan: two CTAs per SM if possible
+        fitting = [shared_memory(8, g, 48, size)[index] for g in range(8, 0, -1)
+                   if shared_memory(8, g, 48, size)[index] <= budget]
+        if fitting:
+            return fitting[0]
+    return 0
 
 
 def _max_threads(cubin: Path, function: str) -> int:

@@ -54,4 +54,6 @@ def test_extension_builds_imports_and_traces():
         x, torch.empty(64, 50, device="meta"), torch.empty(64, device="meta"), torch.empty(400, 64, device="meta"),
         torch.empty(1, 27, dtype=torch.int32, device="meta"), torch.empty(8, dtype=torch.int32, device="meta"))
     assert tokens.shape == (2, 216, 64)
-    assert "never run on a GPU" in explain_backend(torch.zeros(1, 1, 16, 16), n_leads=4)
+    assert "CUDA_VERIFIED" in explain_backend(torch.zeros(1, 1, 16, 16), n_leads=4)
+    fwd_group, bwd_group, fwd_bytes, bwd_bytes = torch.ops.ecg_jepa.cropa_cuda_plan(2, 8, 48, 232448)  # bf16, H100
+    assert fwd_group == 8 and 1 <= bwd_group <= 8 and max(fwd_bytes, bwd_bytes) <= 232448 // 2  # two CTAs per SM

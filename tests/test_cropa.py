@@ -138,7 +138,7 @@ def test_auto_explains_its_choice_on_cpu():
     q = torch.randn(1, 2, 4 * 20, 16)
     report = explain_backend(q, n_leads=4)
     assert "-> 'structured'" in report
-    assert "cuda" in report and "never run on a GPU" in report
+    assert "cuda" in report and "CUDA_VERIFIED" in report
     assert "-> 'sdpa'" in explain_backend(q, n_leads=1)  # one lead is full attention
     assert "sdpa beats structured" in explain_backend(q, n_leads=8)  # T = 10: measured crossover
 
@@ -170,6 +170,63 @@ def test_bad_shapes(args, error, match):
 @pytest.mark.parametrize("n_leads,t,d", [(1, 7, 16), (8, 50, 48), (12, 1, 128), (12, 7, 24), (2, 50, 64)])
 def test_cuda_matches_oracle(seed, n_leads, t, d, dtype):
     check_against_oracle("cuda", n_leads, t, d, dtype, b=2, h=2)
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    """The CUDA kernels' source compiled for the CPU (csrc/emulation.cpp): their logic, without a GPU."""
+    from ecg_jepa import build_ext
+
+    build_ext.build_emulation()
+    return torch.ops.ecg_jepa_emu
+
+
+@pytest.mark.parametrize("n_leads,t,d,dtype,smem_kb", [
+    (8, 50, 48, torch.float32, 227),     # the paper's shape, every lead in one CTA
+    (8, 50, 48, torch.bfloat16, 163),    # A100's shared memory
+    (12, 7, 128, torch.float16, 227),    # leads split over CTAs (5 forward, 3 backward)
+    (5, 17, 48, torch.bfloat16, 45),     # a tiny limit: one lead per CTA in the backward
+    (1, 7, 16, torch.float32, 227),      # one lead: full attention, no column part
+    (3, 20, 24, torch.float32, 227),     # d not a multiple of 16 (padded tiles)
+    (2, 33, 20, torch.bfloat16, 227),    # d·2 bytes not a multiple of 16: element-wise copies
+    (4, 70, 64, torch.bfloat16, 90),     # T > 64: five slot blocks
+])
+def test_cuda_kernels_emulated_match_oracle(seed, emulated, n_leads, t, d, dtype, smem_kb):
+    """csrc/cropa_attention.cu, run on the CPU phase by phase, against the float64 oracle: the kernels'
+    logic (slot blocks, lead groups, column part, online softmax, the backward's two passes)."""
+    limit = smem_kb * 1024
+
+    def cuda_kernels(q, k, v, n_leads, grad_out):
+        out, lse = emulated.cropa_fwd(q, k, v, n_leads, q.shape[-1] ** -0.5, limit)
+        return out, emulated.cropa_bwd(grad_out.to(q.dtype), q, k, v, out, lse, n_leads, q.shape[-1] ** -0.5, limit)
+
+    q, k, v = inputs(2, 2, n_leads, t, d, dtype)
+    result = parity(cuda_kernels, q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
+    print(result)
+    assert result.ok, str(result)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_leads", [1, 3, 8, 12])
+@pytest.mark.parametrize("d", [16, 20, 48, 64, 128])
+def test_shared_memory_mirror_matches_the_kernels(emulated, dtype, n_leads, d):
+    """The dispatcher's shared-memory arithmetic (ops/cropa/cuda.py) is the kernels' own (csrc)."""
+    from ecg_jepa.ops.cropa.cuda import SMEM_PER_CTA, shared_memory
+
+    code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
+    size = torch.finfo(dtype).bits // 8
+    for limit in (*SMEM_PER_CTA.values(), 48 * 1024):
+        fwd_g, bwd_g, fwd_b, bwd_b = emulated.cropa_plan(code, n_leads, d, limit)
+
+        def most(i, budget):
+            return max((g for g in range(1, n_leads + 1) if shared_memory(n_leads, g, d, size)[i] <= budget), default=0)
+
+        mirror = [most(i, limit // 2) or most(i, limit) for i in (0, 1)]
+        assert [fwd_g, bwd_g] == mirror
+        if fwd_g:
+            assert fwd_b == shared_memory(n_leads, fwd_g, d, size)[0]
+        if bwd_g:
+            assert bwd_b == shared_memory(n_leads, bwd_g, d, size)[1]
 
 
 def test_oracle_is_the_reference_in_float64(seed):

@@ -73,6 +73,7 @@ class Capabilities:
     the Triton interpreter. backward_devices: where it has a backward (None: wherever it runs).
     max_last_dim: the largest size of the main tensor's last dim (attention: the head dim).
     min_capability: per dtype, the oldest GPU (major, minor) that has it.
+    fits: a shape-dependent limit, as a function of the spec returning None or the reason.
     """
 
     devices: tuple[str, ...] = ("cpu", "cuda")
@@ -81,6 +82,7 @@ class Capabilities:
     backward_devices: tuple[str, ...] | None = None
     max_last_dim: int | None = None
     min_capability: tuple[tuple[torch.dtype, tuple[int, int]], ...] = ()
+    fits: Callable[[InputSpec], str | None] | None = None  # a limit of the inputs' size (e.g. shared memory)
 
     def reasons(self, spec: InputSpec) -> list[str]:
         """Every reason this backend cannot run ``spec`` (empty: it can)."""
@@ -103,6 +105,10 @@ class Capabilities:
             if spec.dtype == dtype and spec.capability is not None and spec.capability < cap:
                 out.append(f"{_dtype_name(dtype)} needs compute capability ≥ {cap[0]}.{cap[1]}, this GPU has "
                            f"{spec.capability[0]}.{spec.capability[1]}")
+        if self.fits is not None and not out:
+            reason = self.fits(spec)
+            if reason:
+                out.append(reason)
         return out
 
 

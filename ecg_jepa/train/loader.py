@@ -39,17 +39,16 @@ class StepBatches(Dataset):
         return {"step": step, "x": x, **{name: getattr(slots, name) for name in SLOT_FIELDS}}
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGINT and SIGTERM to the training process, which checkpoints and then stops them
-    (a worker whose parent dies exits by itself)."""
+def _ignore_interrupts(worker_id: int) -> None:
+    """Workers leave Ctrl-C (SIGINT) to the training process, which checkpoints and then stops them; a
+    SIGTERM ends them (the training process, told too, checkpoints what it has done)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def step_loader(batches: StepBatches, start: int, steps: int, workers: int, pin: bool) -> DataLoader:
     """Batches of steps ``start``..``steps - 1`` in order, built by ``workers`` processes a few steps ahead."""
     return DataLoader(batches, batch_size=None, sampler=range(start, steps), num_workers=workers, pin_memory=pin,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_stop_signals)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_interrupts)
 
 
 def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, SlotMask]:

@@ -327,9 +327,9 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
         last_ckpt = time.perf_counter()
 
     done = start
+    batches_in = iter(loader)
     try:
         with StopSignals() as stop:
-            batches_in = iter(loader)
             while done < cfg.steps:
                 try:
                     batch = next(batches_in)
@@ -370,6 +370,8 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
                     raise Preempted(done, stop.signum or signal.SIGTERM, folder.path)
     finally:
         bar.close()
+        if hasattr(batches_in, "_shutdown_workers"):  # workers stop now, not whenever the iterator is collected
+            batches_in._shutdown_workers()
         if world.main:
             plot_log(folder.path / "log.jsonl", folder.path / "curves.png")
             _write_summary(intervals, cfg, device, folder, say)

@@ -49,6 +49,19 @@ def _cuda_run(q, k, v, n_leads, scale):
     return attention(q, k, v, n_leads, scale)
 
 
+def _cuda_fits(spec: InputSpec) -> str | None:
+    from .cuda import SMEM_PER_CTA, fits
+
+    if spec.device != "cuda" or spec.n_leads is None:
+        return None
+    return fits(spec.n_leads, spec.shape[-1], spec.dtype, SMEM_PER_CTA.get(spec.capability, 101376))
+
+
+# GPU generations (compute capability) on which the cuda backend's GPU parity tests have passed and whose
+# recorded benchmark shows it faster than triton, with the (n_leads, T) shapes where it is: auto picks cuda
+# there only. benchmarks/gpu_check.sh measures both; nothing is recorded yet (never run on a GPU).
+CUDA_VERIFIED: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+
 _FUSED = Capabilities(devices=("cuda",), dtypes=_FUSED_DTYPES, max_last_dim=FUSED_MAX_HEAD_DIM,
                       min_capability=((torch.bfloat16, (8, 0)),))
 
@@ -62,8 +75,9 @@ BACKENDS: dict[str, Backend] = {
         Backend("structured", torch_backends.structured, Capabilities(dtypes=_ALL_DTYPES)),
         Backend("triton", _triton_run, Capabilities(**{**_FUSED.__dict__, "interpreted_on_cpu": True}),
                 available=triton_available),
-        Backend("cuda", _cuda_run, _FUSED, available=build_ext.why_unavailable,
-                note="built, never run on a GPU: auto skips it until its GPU parity tests pass"),
+        Backend("cuda", _cuda_run, Capabilities(**{**_FUSED.__dict__, "fits": _cuda_fits}),
+                available=build_ext.why_unavailable,
+                note="auto takes it only where CUDA_VERIFIED records GPU parity and a measured win over triton"),
     )
 }
 
@@ -77,7 +91,13 @@ def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
     if spec.n_leads == 1:
         return ("sdpa", "reference"), "n_leads=1: CroPA is full attention, which sdpa runs unmasked"
     if spec.device == "cuda":
-        return ("triton", "flex", "sdpa", "structured", "reference"), "fastest first on a GPU"
+        gpu_order = ("triton", "flex", "sdpa", "structured", "reference")
+        cap = spec.capability
+        if cap in CUDA_VERIFIED and (spec.n_leads, spec.shape[-2] // spec.n_leads) in CUDA_VERIFIED[cap]:
+            return ("cuda", *gpu_order), f"cuda verified and measured fastest on sm_{cap[0]}{cap[1]} for this shape"
+        verified = f"verified on sm_{cap[0]}{cap[1]} but not measured fastest for this shape" if cap in CUDA_VERIFIED \
+            else f"not yet verified on {'sm_%d%d' % cap if cap else 'this GPU'} (GPU parity and speed unrecorded)"
+        return gpu_order, f"fastest first on a GPU; cuda {verified}"
     if spec.shape[-2] // spec.n_leads < CPU_STRUCTURED_MIN_SLOTS:
         return ("sdpa", "structured", "reference"), f"T < {CPU_STRUCTURED_MIN_SLOTS} slots per lead: sdpa beats structured on the CPU"
     return ("structured", "sdpa", "reference"), "fastest first on the CPU"

@@ -2,6 +2,8 @@
 tests and ``ecg-jepa bench`` (the tolerance rule is :mod:`ecg_jepa.ops.parity`'s)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..parity import Parity, check
@@ -31,11 +33,12 @@ def _run(backend: str, q, k, v, n_leads: int, grad_out, device) -> tuple[torch.T
     return out.detach(), (q.grad, k.grad, v.grad)
 
 
-def parity(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int,
+def parity(backend: str | Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int,
            grad_out: torch.Tensor | None = None, device: torch.device | str | None = None) -> Parity:
     """Run ``backend`` on (q, k, v) (moved to ``device``, default theirs) and compare its output and, with
     ``grad_out``, its (dq, dk, dv) with the float64 oracle (computed by autograd on the CPU), next to the
-    same-precision ``reference`` backend's own errors."""
+    same-precision ``reference`` backend's own errors. ``backend`` is a backend's name, or a function
+    ``(q, k, v, n_leads, grad_out) -> (out, (dq, dk, dv) or ())`` (a kernel tested outside the dispatcher)."""
     device = q.device if device is None else torch.device(device)
     q64, k64, v64 = (x.detach().cpu().double().requires_grad_(grad_out is not None) for x in (q, k, v))
     want = oracle(q64, k64, v64, n_leads)
@@ -43,7 +46,11 @@ def parity(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_le
     if grad_out is not None:
         want.backward(grad_out.detach().cpu().double())
         want_grads = (q64.grad, k64.grad, v64.grad)
-    got, grads = _run(backend, q, k, v, n_leads, grad_out, device)
+    if callable(backend):
+        got, grads = backend(q, k, v, n_leads, grad_out)
+        backend = getattr(backend, "__name__", "kernel")
+    else:
+        got, grads = _run(backend, q, k, v, n_leads, grad_out, device)
     base, base_grads = _run("reference", q, k, v, n_leads, grad_out, "cpu")
     checks = [check("out", got, want.detach(), base)]
     checks += [check(name, g, w, b) for name, g, w, b in zip(("dq", "dk", "dv"), grads, want_grads, base_grads)]

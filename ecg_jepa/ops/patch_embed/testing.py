@@ -2,7 +2,7 @@
 shared by the tests and ``ecg-jepa bench`` (tolerance rule: :mod:`ecg_jepa.ops.parity`)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,11 +41,13 @@ def _run(backend, x, w, b, pos, mask, leads, grad, device):
     return out.detach(), (x.grad, w.grad, b.grad)
 
 
-def parity(backend: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor,
+def parity(backend: str | Callable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor,
            mask: torch.Tensor | None = None, leads: Sequence[int] | None = None, grad: torch.Tensor | None = None,
            device: torch.device | str | None = None) -> Parity:
     """Run ``backend`` (on ``device``, default x's) and compare its tokens and, with ``grad``, its
-    (dx, dW, db) with float64 autograd of the oracle, next to the same-precision reference's errors."""
+    (dx, dW, db) with float64 autograd of the oracle, next to the same-precision reference's errors.
+    ``backend`` is a backend's name, or a function ``(x, weight, bias, pos, mask, leads, grad) -> (tokens,
+    (dx, dW, db) or ())``."""
     device = x.device if device is None else torch.device(device)
     leads = list(range(x.shape[1])) if leads is None else list(leads)
     x64, w64, b64 = (t.detach().cpu().double().requires_grad_(grad is not None) for t in (x, weight, bias))
@@ -54,7 +56,11 @@ def parity(backend: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if grad is not None:
         want.backward(grad.detach().cpu().double())
         want_grads = (x64.grad, w64.grad, b64.grad)
-    got, grads = _run(backend, x, weight, bias, pos, mask, leads, grad, device)
+    if callable(backend):
+        got, grads = backend(x, weight, bias, pos, mask, leads, grad)
+        backend = getattr(backend, "__name__", "kernel")
+    else:
+        got, grads = _run(backend, x, weight, bias, pos, mask, leads, grad, device)
     base, base_grads = _run("reference", x, weight, bias, pos, mask, leads, grad, "cpu")
     checks = [check("tokens", got, want.detach(), base)]
     checks += [check(n, g, w, bb) for n, g, w, bb in zip(("dx", "dW", "db"), grads, want_grads, base_grads)]

@@ -1,0 +1,48 @@
+// The CUDA kernels' source compiled for the CPU (ECG_JEPA_HOST_EMULATION, see block.cuh), bound as the ops
+// ecg_jepa_emu::cropa_fwd / _bwd / _plan and ecg_jepa_emu::patch_embed / _dx on CPU tensors. Built only by the
+// tests (ecg_jepa.build_ext.build_emulation), which check the kernels' logic against the float64 oracle on
+// machines without a GPU. ``smem_limit`` is an argument here, so tests can force several CTAs per lead group.
+#define ECG_JEPA_HOST_EMULATION
+#include "cropa_attention.cu"
+#include "patch_embed.cu"
+
+#include "bindings.h"
+
+namespace {
+
+struct Host {
+  static cudaStream_t stream() { return nullptr; }
+  static inline size_t limit = 227 * 1024;
+  static size_t smem_limit(const at::Tensor&) { return limit; }
+};
+
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t n_leads,
+                                       double scale, int64_t smem_limit) {
+  Host::limit = size_t(smem_limit);
+  return ecg_jepa_binding::cropa_fwd<Host>(q, k, v, n_leads, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse,
+                                                   int64_t n_leads, double scale, int64_t smem_limit) {
+  Host::limit = size_t(smem_limit);
+  return ecg_jepa_binding::cropa_bwd<Host>(g, q, k, v, o, lse, n_leads, scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ecg_jepa_emu, m) {
+  m.def("cropa_fwd(Tensor q, Tensor k, Tensor v, int n_leads, float scale, int smem_limit) -> (Tensor, Tensor)");
+  m.def("cropa_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int n_leads, float scale, "
+        "int smem_limit) -> (Tensor, Tensor, Tensor)");
+  m.def("cropa_plan(int dtype, int n_leads, int head_dim, int smem_limit) -> int[]", &ecg_jepa_binding::cropa_plan);
+  m.def("patch_embed(Tensor x, Tensor weight, Tensor bias, Tensor pos, Tensor vis, Tensor lead_ids) -> Tensor");
+  m.def("patch_embed_dx(Tensor grad, Tensor weight, Tensor vis, int[] x_shape) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ecg_jepa_emu, CPU, m) {
+  m.impl("cropa_fwd", &fwd);
+  m.impl("cropa_bwd", &bwd);
+  m.impl("patch_embed", &ecg_jepa_binding::patch_embed<Host>);
+  m.impl("patch_embed_dx", &ecg_jepa_binding::patch_embed_dx<Host>);
+}
