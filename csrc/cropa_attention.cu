@@ -190,6 +190,19 @@ ECG_HD void delta_block(Block& blk, const T* o, const T* d_out, float* delta, in
   });
 }
 
+// For each lead g of the group: s[g] = a0[g] · b0[g]ᵀ and t[g] = a1[g] · b1[g]ᵀ (16 x 16 each), on 2·gn warp
+// items: the backward's scores and dP, queries x keys in pass A, keys x queries in pass B.
+template <typename T>
+ECG_HD void pair_products(Block& blk, const T* a0, const T* b0, float* s, const T* a1, const T* b1, float* t, int gn,
+                          int dp) {
+  blk.warps(2 * gn, [&](int job) {
+    const int g = job % gn;
+    const bool first = job < gn;
+    tile_product<T, true>(blk, (first ? a0 : a1) + g * kTile * dp, dp, (first ? b0 : b1) + g * kTile * dp, dp,
+                          (first ? s : t) + g * kTile * kTile, kTile, dp, false);
+  });
+}
+
 template <typename T>
 ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v, const T* d_out, const float* lse,
                       const float* delta, T* dq, T* dk, T* dv, int leads, int group, int slots, int d, float scale,
@@ -240,14 +253,7 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
     Rows<T>::load(blk, str0, dp, k, d, d, rows, vec, group_rows(i * kTile));
     Rows<T>::load(blk, str1, dp, v, d, d, rows, vec, group_rows(i * kTile));
     blk.sync();
-    blk.warps(2 * gn, [&](int job) {
-      const int g = job % gn;
-      if (job < gn) {
-        tile_product<T, true>(blk, own0 + g * kTile * dp, dp, str0 + g * kTile * dp, dp, ss + g * kTile * kTile, kTile, dp, false);
-      } else {
-        tile_product<T, true>(blk, own1 + g * kTile * dp, dp, str1 + g * kTile * dp, dp, sdp + g * kTile * kTile, kTile, dp, false);
-      }
-    });
+    pair_products(blk, own0, str0, ss, own1, str1, sdp, gn, dp);
     blk.sync();
     blk.threads(rows * kTile, [&](int e) {
       const int r = e / kTile, s = e % kTile;
@@ -298,14 +304,7 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
     load_stats<T>(blk, lse_str, lse, rows, tok, g0, i * kTile);
     load_stats<T>(blk, delta_str, delta, rows, tok, g0, i * kTile);
     blk.sync();
-    blk.warps(2 * gn, [&](int job) {  // scores and dP transposed: keys x queries
-      const int g = job % gn;
-      if (job < gn) {
-        tile_product<T, true>(blk, own0 + g * kTile * dp, dp, str0 + g * kTile * dp, dp, ss + g * kTile * kTile, kTile, dp, false);
-      } else {
-        tile_product<T, true>(blk, own1 + g * kTile * dp, dp, str1 + g * kTile * dp, dp, sdp + g * kTile * kTile, kTile, dp, false);
-      }
-    });
+    pair_products(blk, own0, str0, ss, own1, str1, sdp, gn, dp);  // keys x queries here
     blk.sync();
     blk.threads(rows * kTile, [&](int e) {
       const int r = e / kTile, t = e % kTile, g = r / kTile;

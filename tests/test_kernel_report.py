@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 VARIANT_SCRIPT = r"""
@@ -36,6 +37,7 @@ def _python(code_or_args, **env):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_slot_counts_compile_a_bounded_set_of_variants():
     """T = 1..100 (every visible slot count a training run can meet, and more) makes at most as many
     variants as there are slot tiles: no compilation in the middle of training once they are warm."""
@@ -45,6 +47,7 @@ def test_slot_counts_compile_a_bounded_set_of_variants():
     assert 1 <= n_fwd <= len(SLOT_TILES) and 1 <= n_bwd <= len(SLOT_TILES), (n_fwd, n_bwd)
 
 
+@pytest.mark.slow
 def test_kernel_report_passes_its_check(tmp_path):
     """No spill, 16-byte wide-side accesses, tensor-core instructions in the attention kernels (bf16/fp16),
     Triton's and the CUDA extension's alike."""
