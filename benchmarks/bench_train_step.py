@@ -1,35 +1,55 @@
-"""One full pretraining step (teacher forward, student forward+backward, predictor, AdamW, EMA) with a
-multi-block mask: ours (attention ``auto``) against the same model with the ``reference`` attention."""
+"""One full pretraining step as ``ecg-jepa pretrain`` runs it (teacher forward, student forward+backward,
+predictor, AdamW (fused on CUDA), EMA; the trusted path: masks validated on the host before the step), with
+multi-block masks drawn ahead and cycled: ours (attention ``auto``, eager and with the block stacks
+compiled) against the same model with the ``reference`` attention."""
 from __future__ import annotations
 
 import torch
 
 from ecg_jepa.model.jepa import JEPA
 from ecg_jepa.model.masks import multiblock_mask
+from ecg_jepa.ops.layout import SlotMask
+from ecg_jepa.train.pretrain import warm_up_kernels
 
 from .report import Row
 from .timing import time_call
 
+VARIANTS = (("auto", False), ("auto", True), ("reference", False))
+"""(attention backend, compiled block stacks) of each timed row."""
 
-def rows(preset: str, batch: int, device: torch.device, dtype: torch.dtype, budget: float) -> list[Row]:
+
+def rows(preset: str, batch: int, device: torch.device, dtype: torch.dtype, budget: float,
+         variants: tuple[tuple[str, bool], ...] = VARIANTS, n_masks: int = 4) -> list[Row]:
     ecgs = torch.randn(batch, 8, 2500, device=device)
-    mask = multiblock_mask(generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    masks = [SlotMask.of(multiblock_mask(generator=gen), batch, device) for _ in range(n_masks)]
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     out = []
-    for impl in ("auto", "reference"):
+    for impl, compiled in variants:
         torch.manual_seed(0)
         model = JEPA(preset, attn_backend=impl).to(device)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                                fused=device.type == "cuda")
+        warm_up_kernels(model, device, precision)
+        if compiled:
+            model.compile_blocks()
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+        calls = [0]
 
         def train_step():
+            mask = masks[calls[0] % n_masks]
+            calls[0] += 1
             with autocast:
-                loss = model.loss(ecgs, mask)
+                loss = model(ecgs, mask, trusted=True)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             model.update_teacher(0.996)
 
-        row = Row("train step", f"{preset} B{batch} multiblock", str(dtype).removeprefix("torch."), impl, "ok")
+        for _ in range(n_masks):  # every mask once before timing (compilation, autotuning)
+            train_step()
+        name = f"{impl}, compiled" if compiled else impl
+        row = Row("train step", f"{preset} B{batch} multiblock", str(dtype).removeprefix("torch."), name, "ok")
         row.fwd_bwd = time_call(train_step, device, budget)
         row.extra["ecg_per_s"] = batch / (row.fwd_bwd.median / 1e3)
         out.append(row)

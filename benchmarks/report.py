@@ -64,6 +64,17 @@ def _fmt_rate(extra: dict) -> str:
     return "—"
 
 
+def progress_line(r: Row, ceil: dict) -> str:
+    """One measured row as a line (the run's progress): times, and on a GPU the forward's GB/s."""
+    line = f"{r.case} | {r.shape} | {r.dtype} | {r.impl}: "
+    if r.fwd is None and r.fwd_bwd is None and _fmt_rate(r.extra) == "—":
+        return line + f"parity {r.parity}" + (f"; {r.extra['fwd_bwd']}" if "fwd_bwd" in r.extra else "")
+    parts = [f"fwd {r.fwd.median:.3f} ms" if r.fwd else "", f"fwd+bwd {r.fwd_bwd.median:.3f} ms" if r.fwd_bwd else "",
+             f"{r.bytes / r.fwd.median / 1e6:.0f} GB/s fwd" if ceil and r.fwd and r.bytes else "",
+             _fmt_rate(r.extra) if _fmt_rate(r.extra) != "—" else "", f"parity {r.parity}"]
+    return line + ", ".join(p for p in parts if p)
+
+
 def table(rows: list[Row], ceil: dict) -> str:
     """A Markdown table of the run; on a GPU with TFLOP/s and GB/s as % of the measured ceilings."""
     head = ["case", "shape", "dtype", "impl", "parity", "fwd ms (p20–p80)", "fwd+bwd ms (p20–p80)",

@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("tune_cropa needs a GPU")
     results = []
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {"machine": machine(torch.device("cuda")), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for shape in SHAPES[args.shapes]:
         base = launch.config(shape.leads, shape.slots, shape.d, torch.bfloat16)
         for cfg in candidates(base, shape.leads):
@@ -83,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['shape']:<28} G={c['leads_per_program']} warps={c['num_warps']}/{c['bwd_num_warps']} "
                   f"tile={c['block_t']}/{c['bwd_block_t']}{' (default)' if row['default'] else '':<10} "
                   f"fwd {row['fwd_ms']:.4f} ms  bwd {row['bwd_ms']:.4f} ms  {row['fwd_parity']}", flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": machine(torch.device("cuda")),
-                                           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": results}, indent=1))
+            out.write_text(json.dumps({**info, "rows": results}, indent=1))  # after each row: a sweep cut short keeps it
     return 0
 
 

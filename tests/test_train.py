@@ -163,22 +163,22 @@ def test_compile_matches_eager_over_changing_masks(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_blocks_run_the_triton_custom_ops(seed):
+def test_compiled_blocks_run_the_triton_custom_ops(seed, kernel_device):
     """The compiled block stacks (fullgraph) trace the fused Triton ops and give the eager losses over
-    masks of different sizes (two leads keep the CPU interpreter fast)."""
+    masks of different sizes (two leads keep the CPU interpreter fast; on a GPU, inductor's own kernels)."""
     from ecg_jepa.model.masks import multiblock_mask
     from ecg_jepa.ops.layout import SlotMask
 
     def run(compiled):
         torch.manual_seed(0)
-        model = JEPA("tiny", attn_backend="triton", embed_backend="triton", leads=(0, 1))
+        model = JEPA("tiny", attn_backend="triton", embed_backend="triton", leads=(0, 1)).to(kernel_device)
         if compiled:
             model.compile_blocks()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        x = torch.randn(1, 2, 2500, generator=torch.Generator().manual_seed(seed))
+        x = torch.randn(1, 2, 2500, generator=torch.Generator().manual_seed(seed)).to(kernel_device)
         losses = []
         for step in range(3):
-            mask = SlotMask.of(multiblock_mask(generator=torch.Generator().manual_seed(seed + step)), 1)
+            mask = SlotMask.of(multiblock_mask(generator=torch.Generator().manual_seed(seed + step)), 1, kernel_device)
             loss, _ = model(x, mask, trusted=True)
             opt.zero_grad()
             loss.backward()
