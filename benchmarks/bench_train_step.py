@@ -1,7 +1,8 @@
 """One full pretraining step as ``ecg-jepa pretrain`` runs it (teacher forward, student forward+backward,
 predictor, AdamW (fused on CUDA), EMA; the trusted path: masks validated on the host before the step), with
 multi-block masks drawn ahead and cycled: ours (attention ``auto``, eager and with the block stacks
-compiled) against the same model with the ``reference`` attention."""
+compiled; the fused ``triton`` attention throughout) against the same model with the ``reference``
+attention."""
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ from ecg_jepa.train.pretrain import warm_up_kernels
 from .report import Row
 from .timing import time_call
 
-VARIANTS = (("auto", False), ("auto", True), ("reference", False))
-"""(attention backend, compiled block stacks) of each timed row."""
+VARIANTS = (("auto", False), ("auto", True), ("triton", False), ("reference", False))
+"""(attention backend, compiled block stacks) of each timed row; on a GPU ``auto`` is triton for the
+teacher's forward and sdpa where gradients flow, the ``triton`` row runs it everywhere."""
 
 
 def rows(preset: str, batch: int, device: torch.device, dtype: torch.dtype, budget: float,

@@ -46,8 +46,8 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "runs/
     preset, batch = ("tiny", 4) if quick else (("vit-b", 64) if gpu else ("tiny", 32))
     if "block" in parts:
         add(bench_block.rows(preset, batch, dev, dtype, budget))
-    if "train-step" in parts:  # the compiled variant only on a GPU (minutes of compilation on a CPU)
-        variants = bench_train_step.VARIANTS if gpu else tuple(v for v in bench_train_step.VARIANTS if not v[1])
+    if "train-step" in parts:  # compiled and triton variants on a GPU only (minutes on a CPU)
+        variants = bench_train_step.VARIANTS if gpu else (("auto", False), ("reference", False))
         add(bench_train_step.rows(preset, batch, dev, dtype, budget, variants))
     if "data" in parts:
         add(bench_data.rows(16 if quick else 512, 512 if quick else 8192, workers=2))

@@ -32,7 +32,8 @@ def _tensors(shape: AttnShape, dtype: torch.dtype):
 
 
 def candidates(base: launch.Config, n_leads: int) -> list[launch.Config]:
-    """The default and its neighbours: leads per program L, L/2, 2, 1; 4 or 8 warps; the other slot tile."""
+    """The default and its neighbours: leads per program L, L/2, 2, 1; 4 or 8 warps; the other slot tiles;
+    prefetching column loops (``Config.prefetch``)."""
     groups = sorted({n_leads, max(1, n_leads // 2), min(2, n_leads), 1}, reverse=True)
     out = [base]
     for g in groups:
@@ -42,10 +43,14 @@ def candidates(base: launch.Config, n_leads: int) -> list[launch.Config]:
                 if cfg not in out:
                     out.append(cfg)
     for warps in (4, 8):
-        for tile in {base.bwd_block_t, min(64, base.bwd_block_t * 2)}:
+        for tile in {base.bwd_block_t, max(16, base.bwd_block_t // 2), min(64, base.bwd_block_t * 2)}:
             cfg = dataclasses.replace(base, bwd_num_warps=warps, bwd_block_t=tile)
             if cfg not in out:
                 out.append(cfg)
+    for tile in {base.bwd_block_t, max(16, base.bwd_block_t // 2)}:  # prefetching column loops
+        cfg = dataclasses.replace(base, prefetch=True, bwd_block_t=tile)
+        if cfg not in out:
+            out.append(cfg)
     return out
 
 
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             c = row["config"]
             print(f"{row['shape']:<28} G={c['leads_per_program']} warps={c['num_warps']}/{c['bwd_num_warps']} "
-                  f"tile={c['block_t']}/{c['bwd_block_t']}{' (default)' if row['default'] else '':<10} "
+                  f"tile={c['block_t']}/{c['bwd_block_t']}{' prefetch' if c['prefetch'] else ''}"
+                  f"{' (default)' if row['default'] else '':<10} "
                   f"fwd {row['fwd_ms']:.4f} ms  bwd {row['bwd_ms']:.4f} ms  {row['fwd_parity']}", flush=True)
             out.write_text(json.dumps({**info, "rows": results}, indent=1))  # after each row: a sweep cut short keeps it
     return 0

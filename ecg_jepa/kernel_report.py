@@ -182,9 +182,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def attention_cases():
+def attention_cases(arch: int):
     """(kernel, args, kwargs, config, wide-side lines, needs_wide) for the CroPA kernels at the benchmark
-    configurations: bf16 d=48 at every slot tile; every dtype at d = 48, 64, 128 with the paper's T."""
+    configurations for sm_``arch``: bf16 d=48 at every slot tile; every dtype at d = 48, 64, 128 with the
+    paper's T."""
     from ecg_jepa.kernels.cropa_common import load_rows, store_rows
     from ecg_jepa.ops.cropa import triton as launch
 
@@ -198,7 +199,7 @@ def attention_cases():
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(1, h, n_leads * t)
-        cfg = launch.config(n_leads, t, d, dtype)
+        cfg = launch.config(n_leads, t, d, dtype, arch)
         desc = f"{_dtype_name(dtype)} d={d} T={t}"
         needs = dtype != torch.float32 and d >= 32
         kernel, _, args, kwargs = launch.fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5, cfg)
@@ -300,9 +301,9 @@ def _demangle(name: str) -> str:
 
 def build(archs: tuple[int, ...] = (90, 80), cuda: bool = True) -> list[Row]:
     rows = []
-    for cases in (attention_cases(), patch_embed_cases()):
-        for kernel, args, kwargs, desc, wide, needs in cases:
-            for arch in archs:
+    for arch in archs:
+        for cases in (attention_cases(arch), patch_embed_cases()):
+            for kernel, args, kwargs, desc, wide, needs in cases:
                 rows.append(_triton_row(kernel, args, kwargs, arch, desc, wide, needs))
     if cuda:
         rows += cuda_rows(archs)

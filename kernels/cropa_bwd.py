@@ -13,6 +13,9 @@ One program owns a (batch, head):
    - dk and dv of the block's keys: the row part against the lead's query blocks, then the column part,
      query (m, t) of every other lead m.
 
+PREFETCH (a tuning choice, as in the forward): the column loops issue lead m+1's rows before working on
+lead m's.
+
 Every gradient row is written once, by the program that owns it. Layout as the forward's; LSE and Delta
 (B, H, N) fp32 contiguous. Scores in base 2: ``qk_scale = scale·log2(e)``, LSE converted on load.
 """
@@ -31,7 +34,7 @@ def cropa_bwd_kernel(
     sdqb, sdqh, sdqn, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
     H, L, T, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -84,10 +87,19 @@ def cropa_bwd_kernel(
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         qf = q.to(tl.float32)
         dof = do.to(tl.float32)
+        if PREFETCH:
+            k_next = load_rows(k_base, ((lead + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
+            v_next = load_rows(v_base, ((lead + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
         for j in range(1, L):
             m = (lead + j) % L
-            k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
-            v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
+            if PREFETCH:
+                k_m = k_next.to(tl.float32)
+                v_m = v_next.to(tl.float32)
+                k_next = load_rows(k_base, ((m + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
+                v_next = load_rows(v_base, ((m + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
+            else:
+                k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
+                v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
             p = tl.where(t_ok, tl.exp2(tl.sum(qf * k_m, 1) * qk_scale - lse), 0.0)
             ds = p * (tl.sum(dof * v_m, 1) - delta)
             dq += ds[:, None] * k_m
@@ -113,10 +125,19 @@ def cropa_bwd_kernel(
             dk += tl.dot(dst.to(q_i.dtype), q_i, input_precision=DOT_PRECISION)
         kf = k.to(tl.float32)
         vf = v.to(tl.float32)
+        if PREFETCH:
+            q_next = load_rows(q_base, ((lead + 1) % L) * T + slots, sqn, offs_d, t_ok, d_ok, False)
+            do_next = load_rows(do_base, ((lead + 1) % L) * T + slots, sdon, offs_d, t_ok, d_ok, False)
         for j in range(1, L):
             m = (lead + j) % L
-            q_m = load_rows(q_base, m * T + slots, sqn, offs_d, t_ok, d_ok, True)
-            do_m = load_rows(do_base, m * T + slots, sdon, offs_d, t_ok, d_ok, True)
+            if PREFETCH:
+                q_m = q_next.to(tl.float32)
+                do_m = do_next.to(tl.float32)
+                q_next = load_rows(q_base, ((m + 1) % L) * T + slots, sqn, offs_d, t_ok, d_ok, False)
+                do_next = load_rows(do_base, ((m + 1) % L) * T + slots, sdon, offs_d, t_ok, d_ok, False)
+            else:
+                q_m = load_rows(q_base, m * T + slots, sqn, offs_d, t_ok, d_ok, True)
+                do_m = load_rows(do_base, m * T + slots, sdon, offs_d, t_ok, d_ok, True)
             lse_m = tl.load(lse_base + m * T + slots, mask=t_ok, other=0.0) * LOG2E
             delta_m = tl.load(delta_base + m * T + slots, mask=t_ok, other=0.0)
             p = tl.where(t_ok, tl.exp2(tl.sum(q_m * kf, 1) * qk_scale - lse_m), 0.0)

@@ -3,9 +3,9 @@
 A query (l, t) sees the T keys of its own lead (the "row" part) and the L - 1 keys (m, t), m != l, of
 its own slot (the "column" part), under one softmax; the (N, N) score matrix never exists.
 
-One program owns a (batch, head) and LEADS_PER_PROGRAM of its leads (all of them by default), so every
-K and V row of the (batch, head) is read from memory once and then found in the L1/L2 caches by the
-other leads' column parts. For each of its leads and each block of BLOCK_T query slots:
+One program owns a (batch, head) and LEADS_PER_PROGRAM of its leads (one by default: on an H100 more
+programs in flight beat keeping a (batch, head)'s K and V in one program's L1; the other programs find
+them in L2). For each of its leads and each block of BLOCK_T query slots:
 
 1. column scores first: for every other lead m, the row-wise dot of the query tile with lead m's key
    rows at the same slots (fp32 on the CUDA cores), collected in a (BLOCK_T, LANES) tile;
@@ -13,6 +13,10 @@ other leads' column parts. For each of its leads and each block of BLOCK_T query
    running maximum started at the column scores' maximum, so no tile is ever rescaled for the column;
 3. the column probabilities under the final maximum, and their values: one fp32 multiply-add of lead
    m's value rows per other lead.
+
+PREFETCH (a tuning choice): the column loops issue lead m+1's rows before working on lead m's, so a
+program waits for one load round trip per loop instead of one per lead (the column loops are chains of
+dependent L2 round trips otherwise); lead 1's value rows are issued before the row part.
 
 Outputs: O (B, H, N, d) in the input dtype and the merged natural-log LSE (B, H, N) fp32 for the
 backward. The kernel works in base 2: the host passes ``qk_scale = scale·log2(e)``.
@@ -31,7 +35,7 @@ def cropa_fwd_kernel(
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     H, L, T, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr,
-    LEADS_PER_PROGRAM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LEADS_PER_PROGRAM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     groups = tl.cdiv(L, LEADS_PER_PROGRAM)
     bh = tl.program_id(0) // groups
@@ -57,9 +61,16 @@ def cropa_fwd_kernel(
 
         # 1. Column scores: key (m, t) for every other lead m (m = lead + j mod L, j = 1..L-1).
         s_col = tl.full([BLOCK_T, LANES], float("-inf"), tl.float32)
+        if PREFETCH:  # lead + 1's keys, and the column part's first value rows (used after the row part)
+            k_next = load_rows(k_base, ((lead + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
+            v_next = load_rows(v_base, ((lead + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
         for j in range(1, L):
             m = (lead + j) % L
-            k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
+            if PREFETCH:
+                k_m = k_next.to(tl.float32)
+                k_next = load_rows(k_base, ((m + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
+            else:
+                k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
             s = tl.sum(qf * k_m, 1) * qk_scale
             s_col = tl.where(lanes[None, :] == m, s[:, None], s_col)
         m_i = tl.max(s_col, 1)  # -inf with one lead
@@ -87,7 +98,11 @@ def cropa_fwd_kernel(
         l_i += tl.sum(p_col, 1)
         for j in range(1, L):
             m = (lead + j) % L
-            v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
+            if PREFETCH:
+                v_m = v_next.to(tl.float32)
+                v_next = load_rows(v_base, ((m + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
+            else:
+                v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
             acc += pick(p_col, lanes, m)[:, None] * v_m
 
         store_rows(o_base, lead * T + slots, son, offs_d, t_ok, d_ok, acc / l_i[:, None])

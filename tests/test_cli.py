@@ -48,12 +48,13 @@ def test_help_says_each_default_once(capsys):
     assert pretrain.default == 10.0
 
 
-def test_backends_describes_a_gpu_without_one(capsys):
-    assert main(["backends", "--device", "cuda", "--dtype", "bf16", "--grad"]) == 0
+@pytest.mark.parametrize("grad,chosen", [(["--grad"], "sdpa"), ([], "triton")])
+def test_backends_describes_a_gpu_without_one(capsys, grad, chosen):
+    assert main(["backends", "--device", "cuda", "--dtype", "bf16", *grad]) == 0
     out = capsys.readouterr().out
     if not torch.cuda.is_available():
         assert "no GPU here" in out and "cuda sm_90" in out
-    assert "-> 'triton'" in out
+    assert f"-> '{chosen}'" in out and "benchmarks/results/h100-20261126" in out
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])

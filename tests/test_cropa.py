@@ -69,10 +69,49 @@ def test_flex_forward(seed, n_leads, t, d):
     check_against_oracle("flex", n_leads, t, d, torch.float32, with_grad=False)
 
 
+@pytest.mark.gpu
+def test_flex_stays_compiled_over_many_shapes(monkeypatch):
+    """Twelve slot counts, with and without grad: every call runs the compiled kernel (past dynamo's default
+    limit of 8 compilations flex would fall back to its unfused implementation, with a warning)."""
+    import warnings
+
+    import torch.nn.attention.flex_attention as flex_module
+
+    if hasattr(flex_module, "_WARNINGS_SHOWN"):  # torch warns once per process: forget earlier warnings
+        monkeypatch.setattr(flex_module, "_WARNINGS_SHOWN", set())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flex_attention called without torch.compile")
+        for t in range(10, 22):
+            q = torch.randn(1, 2, 4 * t, 16, device="cuda", requires_grad=t % 2 == 0)
+            out = cropa_attention(q, q, q, 4, backend="flex")
+            if q.requires_grad:
+                out.sum().backward()
+
+
 def test_flex_refuses_cpu_backward():
     q = torch.randn(1, 1, 16, 16, requires_grad=True)
     with pytest.raises(ValueError, match="no backward on the CPU"):
         cropa_attention(q, q, q, 4, backend="flex")
+
+
+@pytest.mark.parametrize("prefetch,all_leads", [(True, False), (True, True), (False, True)])
+@pytest.mark.parametrize("n_leads,t,d,dtype", [(8, 50, 48, torch.bfloat16), (3, 70, 32, torch.float32),
+                                               (1, 7, 16, torch.float16), (12, 7, 24, torch.float32)])
+def test_triton_tuning_choices_match_oracle(seed, monkeypatch, prefetch, all_leads, n_leads, t, d, dtype):
+    """The launch choices ``tune_cropa`` sweeps besides the defaults (prefetching column loops; every lead
+    in one forward program) compute the same function."""
+    import dataclasses
+
+    from ecg_jepa.ops.cropa import triton as launch
+
+    default = launch.config
+
+    def chosen(n_leads, *args, **kwargs):
+        cfg = default(n_leads, *args, **kwargs)
+        return dataclasses.replace(cfg, prefetch=prefetch, leads_per_program=n_leads if all_leads else 1)
+
+    monkeypatch.setattr(launch, "config", chosen)
+    check_against_oracle("triton", n_leads, t, d, dtype, b=1, h=2)
 
 
 @pytest.mark.parametrize("n_leads,t,d", TRITON_SHAPES)
@@ -260,10 +299,11 @@ def _spec(device, dtype, d=48, grad=True, n_leads=8, t=50, capability=(9, 0)):
 
 
 @pytest.mark.parametrize("spec,chosen", [
-    (_spec("cuda", torch.bfloat16), "triton"),
-    (_spec("cuda", torch.float32, d=160), "flex"),           # head dim over the fused kernels' limit
-    (_spec("cuda", torch.bfloat16, capability=(7, 5)), "flex"),  # bf16 needs sm_80 for the fused kernels
-    (_spec("cuda", torch.float64), "flex"),
+    (_spec("cuda", torch.bfloat16), "sdpa"),                 # training: sdpa's backward is faster (measured)
+    (_spec("cuda", torch.bfloat16, grad=False), "triton"),   # inference: triton's forward is
+    (_spec("cuda", torch.float32, d=160, grad=False), "sdpa"),  # head dim over the fused kernels' limit
+    (_spec("cuda", torch.bfloat16, capability=(7, 5), grad=False), "sdpa"),  # bf16 needs sm_80 for the fused kernels
+    (_spec("cuda", torch.float64, grad=False), "sdpa"),
     (_spec("cuda", torch.bfloat16, n_leads=1), "sdpa"),
     (_spec("cpu", torch.float32), "structured"),
     (_spec("cpu", torch.float32, t=10), "sdpa"),

@@ -261,6 +261,17 @@ def test_gpu_training_steps_do_not_synchronize():
             torch.cuda.set_sync_debug_mode(0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,warmed", [("auto", "forward)"), ("triton", "forward and backward"), ("sdpa", None)])
+def test_pretrain_warms_the_triton_variants_it_will_meet(backend, warmed):
+    """auto runs the teacher's forward (no gradients) with triton and the student with sdpa: only the
+    forward variants are compiled before the first step; triton everywhere warms both; sdpa none."""
+    from ecg_jepa.train.pretrain import warm_up_kernels
+
+    said = warm_up_kernels(JEPA("tiny", attn_backend=backend).cuda(), torch.device("cuda"), "bf16")
+    assert said is None if warmed is None else warmed in said
+
+
 def test_logs_throughput_utilisation_and_memory(tmp_path):
     cfg = PretrainConfig(steps=4, batch_size=2, workers=0, log_every=2)
     lines = []

@@ -57,10 +57,11 @@ def _cuda_fits(spec: InputSpec) -> str | None:
     return fits(spec.n_leads, spec.shape[-1], spec.dtype, SMEM_PER_CTA.get(spec.capability, 101376))
 
 
-# GPU generations (compute capability) on which the cuda backend's GPU parity tests have passed and whose
-# recorded benchmark shows it faster than triton, with the (n_leads, T) shapes where it is: auto picks cuda
-# there only. benchmarks/gpu_check.sh measures both; nothing is recorded yet (never run on a GPU).
-CUDA_VERIFIED: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+# GPU generations (compute capability) on which the cuda backend's GPU parity tests have passed, with the
+# (n_leads, T) shapes where its recorded benchmark shows it faster than triton: auto picks cuda there only.
+# benchmarks/gpu_check.sh measures both. sm_90 (H100, benchmarks/results/h100-20261126): parity at every
+# benchmark shape and no memcheck error, but 2.8-5.3x slower than triton forward+backward: no shape.
+CUDA_VERIFIED: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {(9, 0): ()}
 
 _FUSED = Capabilities(devices=("cuda",), dtypes=_FUSED_DTYPES, max_last_dim=FUSED_MAX_HEAD_DIM,
                       min_capability=((torch.bfloat16, (8, 0)),))
@@ -91,13 +92,21 @@ def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
     if spec.n_leads == 1:
         return ("sdpa", "reference"), "n_leads=1: CroPA is full attention, which sdpa runs unmasked"
     if spec.device == "cuda":
-        gpu_order = ("triton", "flex", "sdpa", "structured", "reference")
+        if spec.needs_grad:
+            gpu_order = ("sdpa", "triton", "flex", "structured", "reference")
+            why = ("with gradients sdpa+mask is fastest (H100, bf16, B64 H16 d48, forward+backward: L8 T50 sdpa "
+                   "1.12 ms, triton 1.15 of kernel time, flex 1.43; L8 T17 0.66 against 1.05; L12 T50 1.84 "
+                   "against 2.50: benchmarks/results/h100-20261126)")
+        else:
+            gpu_order = ("triton", "sdpa", "flex", "structured", "reference")
+            why = ("without gradients triton is fastest (H100, bf16, B64 H16 d48, forward: L8 T50 triton 0.25 ms, "
+                   "sdpa+mask 0.35; L12 T50 0.50 against 0.53: benchmarks/results/h100-20261126)")
         cap = spec.capability
         if cap in CUDA_VERIFIED and (spec.n_leads, spec.shape[-2] // spec.n_leads) in CUDA_VERIFIED[cap]:
             return ("cuda", *gpu_order), f"cuda verified and measured fastest on sm_{cap[0]}{cap[1]} for this shape"
         verified = f"verified on sm_{cap[0]}{cap[1]} but not measured fastest for this shape" if cap in CUDA_VERIFIED \
             else f"not yet verified on {'sm_%d%d' % cap if cap else 'this GPU'} (GPU parity and speed unrecorded)"
-        return gpu_order, f"fastest first on a GPU; cuda {verified}"
+        return gpu_order, f"{why}; cuda {verified}"
     if spec.shape[-2] // spec.n_leads < CPU_STRUCTURED_MIN_SLOTS:
         return ("sdpa", "structured", "reference"), f"T < {CPU_STRUCTURED_MIN_SLOTS} slots per lead: sdpa beats structured on the CPU"
     return ("structured", "sdpa", "reference"), "fastest first on the CPU"

@@ -11,6 +11,7 @@ This module is imported on the first call of the backend, never by ``import ecg_
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,9 @@ class Config:
     bwd_num_warps: int
     upcast: bool
     dot_precision: str
+    prefetch: bool = False
+    """Column loops issue the next lead's rows before working on the current one's (kernels' PREFETCH):
+    off until ``tune_cropa`` measures it faster on a GPU."""
 
 
 def slot_tile(n_slots: int, largest: int = SLOT_TILES[-1]) -> int:
@@ -44,15 +48,18 @@ def slot_tile(n_slots: int, largest: int = SLOT_TILES[-1]) -> int:
     return next((tile for tile in SLOT_TILES if n_slots <= tile or tile == largest), largest)
 
 
-def config(n_leads: int, n_slots: int, head_dim: int, dtype: torch.dtype) -> Config:
-    """The launch configuration for an (L, T, d, dtype) problem: one program per (batch, head) with every
-    lead in it (K and V read once); d padded to a power of two ≥ 16.
+def config(n_leads: int, n_slots: int, head_dim: int, dtype: torch.dtype, arch: int = 90) -> Config:
+    """The launch configuration for an (L, T, d, dtype) problem on an sm_``arch`` GPU (90: H100); d padded
+    to a power of two ≥ 16.
 
-    Tiles and warps are the largest that compile without register spills for sm_80 and sm_90 (checked by
-    ``python -m ecg_jepa.kernel_report --check`` in CI): forward 64-slot tiles of 16-bit rows up to d = 64;
-    backward 32-slot tiles (it holds twice the forward's tiles); d = 128 takes 32-slot tiles and 8 warps.
-    fp32 is the exact, slow path: IEEE fp32 products on
-    the CUDA cores (no tf32), 16-slot tiles forward, 32-slot tiles (16 at d = 128) with 8 warps backward.
+    Chosen by ``python -m ecg_jepa.benchmarks.tune_cropa`` on an H100 (bf16, B=64, H=16, d=48; results in
+    ``benchmarks/results/h100-20261126/``): forward one program per (batch, head, lead) (one lead per
+    program: 0.253 ms against 0.332 with all 8 leads in one at L8 T50, 0.50 against 0.86 at L12 T50; the
+    other leads' K and V rows come from L2), 64-slot tiles, 4 warps; backward 64-slot tiles with 4 warps
+    where T > 32 (0.90 ms against 1.23 with 32-slot tiles at L8 T50; 8 warps 1.04) on sm_90, 32-slot tiles
+    before sm_90 (the 64-slot backward spills there: ``python -m ecg_jepa.kernel_report``). d = 128 takes 32-slot
+    tiles and 8 warps (not measured yet). fp32 is the exact, slow path: IEEE fp32 products on the CUDA cores
+    (no tf32), 16-slot tiles forward, 32-slot tiles (16 at d = 128) with 8 warps backward.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     fp32 = dtype == torch.float32
@@ -61,19 +68,30 @@ def config(n_leads: int, n_slots: int, head_dim: int, dtype: torch.dtype) -> Con
     elif block_d > 64:
         fwd_tile, bwd_tile = 32, 32
     else:
-        fwd_tile, bwd_tile = 64, 32
+        fwd_tile, bwd_tile = 64, 64 if arch >= 90 else 32
     warps = 8 if block_d > 64 else 4
     return Config(
         block_t=slot_tile(n_slots, fwd_tile),
         bwd_block_t=slot_tile(n_slots, bwd_tile),
         block_d=block_d,
         lanes=max(2, triton.next_power_of_2(n_leads)),
-        leads_per_program=n_leads,
+        leads_per_program=1,
         num_warps=warps,
         bwd_num_warps=8 if fp32 else warps,
         upcast=interpreter_active(),
         dot_precision="ieee",
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _device_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def arch_of(x: torch.Tensor) -> int:
+    """The sm of the GPU holding x (90 for CPU tensors: the interpreter runs any configuration)."""
+    return _device_arch(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 90
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -94,7 +112,7 @@ def fwd_launch(q, k, v, out, lse, n_leads: int, scale: float, cfg: Config):
             h, n_leads, n // n_leads, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, LANES=cfg.lanes,
                   LEADS_PER_PROGRAM=cfg.leads_per_program, UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision,
-                  num_warps=cfg.num_warps, num_stages=1)
+                  PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=1)
     return cropa_fwd_kernel, (b * h * groups,), args, kwargs
 
 
@@ -107,7 +125,7 @@ def bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads: int, sca
             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
             *_strides(dq), *_strides(dk), *_strides(dv), h, n_leads, n // n_leads, scale, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.bwd_block_t, BLOCK_D=cfg.block_d, UPCAST=cfg.upcast,
-                  DOT_PRECISION=cfg.dot_precision, num_warps=cfg.bwd_num_warps, num_stages=1)
+                  DOT_PRECISION=cfg.dot_precision, PREFETCH=cfg.prefetch, num_warps=cfg.bwd_num_warps, num_stages=1)
     return cropa_bwd_kernel, (b * h,), args, kwargs
 
 
@@ -117,7 +135,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, sca
     b, h, n, d = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
-    cfg = config(n_leads, n // n_leads, d, q.dtype)
+    cfg = config(n_leads, n // n_leads, d, q.dtype, arch_of(q))
     kernel, grid, args, kwargs = fwd_launch(q, k, v, out, lse, n_leads, scale, cfg)
     with device_guard(q):
         kernel[grid](*args, **kwargs)
@@ -134,7 +152,7 @@ def backward(
     lse = lse.contiguous()
     delta = torch.empty_like(lse)  # rowsum(dO ∘ O), written and read by the kernel
     dq, dk, dv = (torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
-    cfg = config(n_leads, n // n_leads, d, q.dtype)
+    cfg = config(n_leads, n // n_leads, d, q.dtype, arch_of(q))
     kernel, grid, args, kwargs = bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads, scale, cfg)
     with device_guard(q):
         kernel[grid](*args, **kwargs)
