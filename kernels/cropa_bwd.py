@@ -22,7 +22,7 @@ Every gradient row is written once, by the program that owns it. Layout as the f
 import triton
 import triton.language as tl
 
-from .cropa_common import load_rows, store_rows
+from .cropa_common import first_prefetch, lead_rows, load_rows, store_rows
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
@@ -87,19 +87,12 @@ def cropa_bwd_kernel(
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         qf = q.to(tl.float32)
         dof = do.to(tl.float32)
-        if PREFETCH:
-            k_next = load_rows(k_base, ((lead + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
-            v_next = load_rows(v_base, ((lead + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
+        k_next = first_prefetch(k_base, lead, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
+        v_next = first_prefetch(v_base, lead, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
         for j in range(1, L):
             m = (lead + j) % L
-            if PREFETCH:
-                k_m = k_next.to(tl.float32)
-                v_m = v_next.to(tl.float32)
-                k_next = load_rows(k_base, ((m + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
-                v_next = load_rows(v_base, ((m + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
-            else:
-                k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
-                v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
+            k_m, k_next = lead_rows(k_base, k_next, m, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
+            v_m, v_next = lead_rows(v_base, v_next, m, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
             p = tl.where(t_ok, tl.exp2(tl.sum(qf * k_m, 1) * qk_scale - lse), 0.0)
             ds = p * (tl.sum(dof * v_m, 1) - delta)
             dq += ds[:, None] * k_m
@@ -125,19 +118,12 @@ def cropa_bwd_kernel(
             dk += tl.dot(dst.to(q_i.dtype), q_i, input_precision=DOT_PRECISION)
         kf = k.to(tl.float32)
         vf = v.to(tl.float32)
-        if PREFETCH:
-            q_next = load_rows(q_base, ((lead + 1) % L) * T + slots, sqn, offs_d, t_ok, d_ok, False)
-            do_next = load_rows(do_base, ((lead + 1) % L) * T + slots, sdon, offs_d, t_ok, d_ok, False)
+        q_next = first_prefetch(q_base, lead, L, T, slots, sqn, offs_d, t_ok, d_ok, PREFETCH)
+        do_next = first_prefetch(do_base, lead, L, T, slots, sdon, offs_d, t_ok, d_ok, PREFETCH)
         for j in range(1, L):
             m = (lead + j) % L
-            if PREFETCH:
-                q_m = q_next.to(tl.float32)
-                do_m = do_next.to(tl.float32)
-                q_next = load_rows(q_base, ((m + 1) % L) * T + slots, sqn, offs_d, t_ok, d_ok, False)
-                do_next = load_rows(do_base, ((m + 1) % L) * T + slots, sdon, offs_d, t_ok, d_ok, False)
-            else:
-                q_m = load_rows(q_base, m * T + slots, sqn, offs_d, t_ok, d_ok, True)
-                do_m = load_rows(do_base, m * T + slots, sdon, offs_d, t_ok, d_ok, True)
+            q_m, q_next = lead_rows(q_base, q_next, m, L, T, slots, sqn, offs_d, t_ok, d_ok, PREFETCH)
+            do_m, do_next = lead_rows(do_base, do_next, m, L, T, slots, sdon, offs_d, t_ok, d_ok, PREFETCH)
             lse_m = tl.load(lse_base + m * T + slots, mask=t_ok, other=0.0) * LOG2E
             delta_m = tl.load(delta_base + m * T + slots, mask=t_ok, other=0.0)
             p = tl.where(t_ok, tl.exp2(tl.sum(q_m * kf, 1) * qk_scale - lse_m), 0.0)

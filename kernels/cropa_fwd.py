@@ -24,7 +24,7 @@ backward. The kernel works in base 2: the host passes ``qk_scale = scale·log2(e
 import triton
 import triton.language as tl
 
-from .cropa_common import load_rows, pick, store_rows
+from .cropa_common import first_prefetch, lead_rows, load_rows, pick, store_rows
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
@@ -61,16 +61,11 @@ def cropa_fwd_kernel(
 
         # 1. Column scores: key (m, t) for every other lead m (m = lead + j mod L, j = 1..L-1).
         s_col = tl.full([BLOCK_T, LANES], float("-inf"), tl.float32)
-        if PREFETCH:  # lead + 1's keys, and the column part's first value rows (used after the row part)
-            k_next = load_rows(k_base, ((lead + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
-            v_next = load_rows(v_base, ((lead + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
+        k_next = first_prefetch(k_base, lead, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
+        v_next = first_prefetch(v_base, lead, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)  # used in 3.
         for j in range(1, L):
             m = (lead + j) % L
-            if PREFETCH:
-                k_m = k_next.to(tl.float32)
-                k_next = load_rows(k_base, ((m + 1) % L) * T + slots, skn, offs_d, t_ok, d_ok, False)
-            else:
-                k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
+            k_m, k_next = lead_rows(k_base, k_next, m, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
             s = tl.sum(qf * k_m, 1) * qk_scale
             s_col = tl.where(lanes[None, :] == m, s[:, None], s_col)
         m_i = tl.max(s_col, 1)  # -inf with one lead
@@ -98,11 +93,7 @@ def cropa_fwd_kernel(
         l_i += tl.sum(p_col, 1)
         for j in range(1, L):
             m = (lead + j) % L
-            if PREFETCH:
-                v_m = v_next.to(tl.float32)
-                v_next = load_rows(v_base, ((m + 1) % L) * T + slots, svn, offs_d, t_ok, d_ok, False)
-            else:
-                v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
+            v_m, v_next = lead_rows(v_base, v_next, m, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
             acc += pick(p_col, lanes, m)[:, None] * v_m
 
         store_rows(o_base, lead * T + slots, son, offs_d, t_ok, d_ok, acc / l_i[:, None])
