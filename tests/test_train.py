@@ -149,13 +149,17 @@ def _losses(out):
 
 
 @pytest.mark.slow
-def test_compile_matches_eager_over_changing_masks(tmp_path):
+def test_compile_matches_eager_over_changing_masks(tmp_path, kernel_device):
     """--compile: 20 steps with a new multi-block mask each (16 to 35 visible slots) give the eager losses,
-    with one dynamic-shape graph per block stack (no failure, no recompilation storm)."""
+    with one dynamic-shape graph per block stack (no failure, no recompilation storm); on the GPU when
+    there is one (inductor's GPU kernels, the fused attention inside)."""
+    from ecg_jepa.train.distributed import World
+
     runs = {}
     for compiled in (False, True):
         cfg = PretrainConfig(steps=20, batch_size=2, workers=0, compile=compiled, log_every=5)
-        pretrain(cfg, SyntheticECG(16), tmp_path / str(compiled), progress=False, say=lambda *a: None)
+        pretrain(cfg, SyntheticECG(16), tmp_path / str(compiled), progress=False, say=lambda *a: None,
+                 world=World(device=torch.device(kernel_device)))
         runs[compiled] = _losses(tmp_path / str(compiled))
     visible = [json.loads(line)["visible_slots"] for line in open(tmp_path / "True" / "log.jsonl")]
     assert len(set(visible)) > 5
