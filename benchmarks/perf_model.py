@@ -100,11 +100,21 @@ def estimates(shape: AttnShape, ctas: dict[str, int], cfg=None) -> list[Estimate
     tp = nb * cfg.block_t
     groups = math.ceil(n_leads / cfg.leads_per_program)
     loads = n * d * (1 + 2 * nb + 2 * (n_leads - 1))  # q; the lead's K, V per slot block; column K_m, V_m
-    out.append(Estimate(
-        "cropa_fwd_kernel", bh * (4 * n * d * el + 4 * n) / big, bh * loads * el / big,
-        bh * n_leads * nb * nb * 4 * cfg.block_t ** 2 * cfg.block_d / 1e9,
-        bh * n_leads * (n_leads - 1) * tp * cfg.block_d * 4 / 1e9,  # QK and PV, 2 FLOPs per element each
-        bh * groups, ctas["fwd"], cfg.leads_per_program * nb * (2 * n_leads - 1 + nb)))
+    if cfg.gather:  # one program per (batch, head, lead, 16 slots); its loads come in 3 batches (SASS, sm_90)
+        from ecg_jepa.ops.cropa.triton import GATHER_SLOTS as G
+
+        blocks, cols = math.ceil(shape.slots / G), cfg.lanes * G
+        per_program = G + 2 * (n_leads - 1) * G + 2 * nb * cfg.block_t  # q, column K and V, the lead's K and V
+        out.append(Estimate(
+            "cropa_fwd_kernel", bh * (4 * n * d * el + 4 * n) / big, bh * n_leads * blocks * per_program * d * el / big,
+            bh * n_leads * blocks * (2 * 2 * G * cols * cfg.block_d + nb * 2 * 2 * G * cfg.block_t * cfg.block_d) / 1e9,
+            0.0, bh * n_leads * blocks, ctas["fwd"], 2 + nb))
+    else:
+        out.append(Estimate(
+            "cropa_fwd_kernel", bh * (4 * n * d * el + 4 * n) / big, bh * loads * el / big,
+            bh * n_leads * nb * nb * 4 * cfg.block_t ** 2 * cfg.block_d / 1e9,
+            bh * n_leads * (n_leads - 1) * tp * cfg.block_d * 4 / 1e9,  # QK and PV, 2 FLOPs per element each
+            bh * groups, ctas["fwd"], cfg.leads_per_program * nb * (2 * n_leads - 1 + nb)))
     # Backward: one program per (batch, head); Delta's row blocks, then per lead and slot block: dq (row
     # blocks, then K_m and V_m lead by lead), dk and dv (row blocks, then Q_m and dO_m lead by lead).
     nb = math.ceil(shape.slots / cfg.bwd_block_t)
@@ -192,7 +202,25 @@ def report() -> str:
         summary.append(f"| {key} | {TODAY_MS[key][0]:.3f} / {TODAY_MS[key][1]:.3f} | {fwd / 1e3:.3f} | {both / 1e3:.3f} | "
                        f"≤ {TARGETS_FWD_BWD_MS[key]:.2f} | {sdpa:.3f} | {sdpa / (both / 1e3):.2f}x |")
     return ("Current defaults (kernel time; fwd+bwd adds the autograd wrapper's few µs):\n\n" + "\n".join(lines)
-            + "\n\n" + "\n".join(summary) + "\n\nThe model against the H100 sweep:\n\n" + look_back())
+            + "\n\n" + "\n".join(summary) + "\n\nThe model against the H100 sweep:\n\n" + look_back()
+            + "\n\nThe gathered-column forward (`Config.gather`), predicted:\n\n" + gathered())
+
+
+def gathered() -> str:
+    """The latency model's forward time with the column part gathered, at each goal shape (sm_90)."""
+    import dataclasses
+
+    from ecg_jepa.ops.cropa.triton import config
+
+    lines = ["| shape | programs | CTAs/SM | round trips / program | latency µs | resources µs | predicted fwd ms "
+             "| measured default fwd ms |", "|" + "---|" * 8]
+    for shape in SHAPES["goal"]:
+        cfg = dataclasses.replace(config(shape.leads, shape.slots, shape.d, torch.bfloat16), gather=True)
+        e = estimates(shape, _ctas(shape, cfg), cfg)[0]
+        low, high = e.resources_us()
+        lines.append(f"| {shape} | {e.programs} | {e.ctas_per_sm} | {e.round_trips} | {e.latency_us:.0f} | "
+                     f"{low:.0f}–{high:.0f} | {e.predict_us() / 1e3:.3f} | {TODAY_MS[str(shape)][0]:.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,9 @@ def _tensors(shape: AttnShape, dtype: torch.dtype):
 
 
 def candidates(base: launch.Config, n_leads: int) -> list[launch.Config]:
-    """The default and its neighbours: leads per program L, L/2, 2, 1; 4 or 8 warps; the other slot tiles;
-    prefetching column loops (``Config.prefetch``)."""
-    groups = sorted({n_leads, max(1, n_leads // 2), min(2, n_leads), 1}, reverse=True)
+    """The default and its neighbours: leads per program L or 1; 4 or 8 warps; the other slot tiles;
+    prefetching column loops (``Config.prefetch``); the gathered-column forward (``Config.gather``)."""
+    groups = sorted({n_leads, 1}, reverse=True)  # L/2 and 2 measured between the two (H100, 2026-11-26)
     out = [base]
     for g in groups:
         for warps in (4, 8):
@@ -51,6 +51,11 @@ def candidates(base: launch.Config, n_leads: int) -> list[launch.Config]:
         cfg = dataclasses.replace(base, prefetch=True, bwd_block_t=tile)
         if cfg not in out:
             out.append(cfg)
+    for tile in {base.block_t, max(16, base.block_t // 2)}:  # the gathered-column forward; tile: key blocks
+        for warps in (4, 8):
+            cfg = dataclasses.replace(base, gather=True, block_t=tile, num_warps=warps)
+            if cfg not in out:
+                out.append(cfg)
     return out
 
 
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             c = row["config"]
             print(f"{row['shape']:<28} G={c['leads_per_program']} warps={c['num_warps']}/{c['bwd_num_warps']} "
-                  f"tile={c['block_t']}/{c['bwd_block_t']}{' prefetch' if c['prefetch'] else ''}"
+                  f"tile={c['block_t']}/{c['bwd_block_t']}{' prefetch' if c['prefetch'] else ''}{' gather' if c['gather'] else ''}"
                   f"{' (default)' if row['default'] else '':<10} "
                   f"fwd {row['fwd_ms']:.4f} ms  bwd {row['bwd_ms']:.4f} ms  {row['fwd_parity']}", flush=True)
             out.write_text(json.dumps({**info, "rows": results}, indent=1))  # after each row: a sweep cut short keeps it
