@@ -6,6 +6,9 @@ slot); a (batch, head) pair is addressed through its base pointer and its row st
 import triton
 import triton.language as tl
 
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+"""ln 2: the kernels' base-2 log-sum-exp times it is the natural one the backward and users read."""
+
 
 @triton.jit
 def load_rows(base, rows, stride_n, offs_d, row_ok, d_ok, UPCAST: tl.constexpr):
@@ -49,3 +52,18 @@ def lead_rows(base, prefetched, m, L, T, slots, stride_n, offs_d, row_ok, d_ok, 
         return prefetched.to(tl.float32), load_rows(base, ((m + 1) % L) * T + slots, stride_n, offs_d, row_ok, d_ok, False)
     else:
         return load_rows(base, m * T + slots, stride_n, offs_d, row_ok, d_ok, True), prefetched
+
+
+@triton.jit
+def row_block(q, k, v, key_ok, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
+    """One block of the row part's keys through FlashAttention's online softmax (base 2): the running
+    maximum, sum and output (m_i, l_i, acc) of the query rows q after keys k (values v), ``key_ok`` masking
+    keys past the lead's end."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc

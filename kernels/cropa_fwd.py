@@ -24,9 +24,7 @@ backward. The kernel works in base 2: the host passes ``qk_scale = scale·log2(e
 import triton
 import triton.language as tl
 
-from .cropa_common import first_prefetch, lead_rows, load_rows, pick, store_rows
-
-LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+from .cropa_common import LN2, first_prefetch, lead_rows, load_rows, pick, row_block, store_rows
 
 
 @triton.jit(do_not_specialize=["L", "T"])
@@ -79,14 +77,7 @@ def cropa_fwd_kernel(
             s_ok = keys < T
             k = load_rows(k_base, lead * T + keys, skn, offs_d, s_ok, d_ok, UPCAST)
             v = load_rows(v_base, lead * T + keys, svn, offs_d, s_ok, d_ok, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            s = tl.where(s_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = row_block(q, k, v, s_ok, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
         # 3. Column part under the final maximum.
         p_col = tl.exp2(s_col - m_i[:, None])
