@@ -67,3 +67,11 @@ def row_block(q, k, v, key_ok, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.conste
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
+
+
+@triton.jit
+def finish_rows(o_base, lse_base, rows, stride_n, offs_d, row_ok, d_ok, acc, l_i, m_i):
+    """Store the normalised output rows ``acc / l_i`` and their natural-log LSE, from the base-2 running
+    maximum ``m_i`` and sum ``l_i`` of the merged softmax."""
+    store_rows(o_base, rows, stride_n, offs_d, row_ok, d_ok, acc / l_i[:, None])
+    tl.store(lse_base + rows, (m_i + tl.log2(l_i)) * LN2, mask=row_ok)

@@ -24,7 +24,7 @@ backward. The kernel works in base 2: the host passes ``qk_scale = scale·log2(e
 import triton
 import triton.language as tl
 
-from .cropa_common import LN2, first_prefetch, lead_rows, load_rows, pick, row_block, store_rows
+from .cropa_common import finish_rows, first_prefetch, lead_rows, load_rows, pick, row_block
 
 
 @triton.jit(do_not_specialize=["L", "T"])
@@ -87,5 +87,4 @@ def cropa_fwd_kernel(
             v_m, v_next = lead_rows(v_base, v_next, m, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
             acc += pick(p_col, lanes, m)[:, None] * v_m
 
-        store_rows(o_base, lead * T + slots, son, offs_d, t_ok, d_ok, acc / l_i[:, None])
-        tl.store(LSE + bh * L * T + lead * T + slots, (m_i + tl.log2(l_i)) * LN2, mask=t_ok)
+        finish_rows(o_base, LSE + bh * L * T, lead * T + slots, son, offs_d, t_ok, d_ok, acc, l_i, m_i)

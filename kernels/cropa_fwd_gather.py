@@ -25,7 +25,7 @@ scores in base 2 (``qk_scale = scale·log2(e)``).
 import triton
 import triton.language as tl
 
-from .cropa_common import LN2, load_rows, row_block, store_rows
+from .cropa_common import finish_rows, load_rows, row_block
 
 
 @triton.jit(do_not_specialize=["L", "T"])
@@ -89,5 +89,4 @@ def cropa_fwd_gather_kernel(
     l_i += tl.sum(p_col, 1)
     acc += tl.dot(p_col.to(v_col.dtype), v_col, input_precision=DOT_PRECISION)
 
-    store_rows(o_base, lead * T + slots, son, offs_d, t_ok, d_ok, acc / l_i[:, None])
-    tl.store(LSE + bh * L * T + lead * T + slots, (m_i + tl.log2(l_i)) * LN2, mask=t_ok)
+    finish_rows(o_base, LSE + bh * L * T, lead * T + slots, son, offs_d, t_ok, d_ok, acc, l_i, m_i)
