@@ -215,6 +215,33 @@ def attention_cases(arch: int):
             yield kernel, args, kwargs, f"{desc} key block {cfg.block_t} warps {cfg.num_warps}", wide, needs
 
 
+def column_cases():
+    """The split backend's column kernels (``kernels/cropa_col.py``) at the paper's head dim for 8 and 12
+    leads and every slot count of the goal shapes, and at d = 64, 128 (every dtype the kernels take at
+    that head dim); inputs laid out as
+    the model lays them out, the output and gradients as the row pass leaves them. Wide side: the row tiles."""
+    from ecg_jepa.kernels import cropa_col
+    from ecg_jepa.ops.cropa import split
+
+    wide = _helper_lines(cropa_col._tile) | _helper_lines(cropa_col._store_tile)
+    combos = [(torch.bfloat16, 48, 8, t) for t in (17, 23, 50)] + [(torch.bfloat16, 48, 12, 50)]
+    combos += [(dt, d, 8, 50) for dt in (torch.bfloat16, torch.float16, torch.float32) for d in (48, 64, 128)
+               if (dt, d) != (torch.bfloat16, 48) and (dt != torch.float32 or d <= split.TRITON_FP32_MAX_HEAD_DIM)]
+    h = SHAPE["heads"]
+    for dtype, d, n_leads, t in combos:
+        qkv = torch.empty(1, n_leads * t, 3, h, d, dtype=dtype)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out, grad_out, dq, dk, dv = (split.token_major(1, h, n_leads * t, d, q) for _ in range(5))
+        lse = torch.empty(1, n_leads, h, split.padded_slots(t))
+        block_t = split.column_launch(q, n_leads)[0]
+        desc = f"{_dtype_name(dtype)} d={d} L={n_leads} T={t} slots {block_t}"
+        needs = dtype != torch.float32 and d >= 32
+        kernel, _, args, kwargs = split.column_fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5)
+        yield kernel, args, kwargs, desc, wide, needs
+        kernel, _, args, kwargs = split.column_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, d ** -0.5)
+        yield kernel, args, kwargs, desc, wide, needs
+
+
 def patch_embed_cases():
     """The patch-embedding kernels (vit-b width 768 and tiny's 64; 27 of 50 slots visible); wide side:
     the token rows (written by the forward, read by dx)."""
@@ -307,7 +334,7 @@ def _demangle(name: str) -> str:
 def build(archs: tuple[int, ...] = (90, 80), cuda: bool = True) -> list[Row]:
     rows = []
     for arch in archs:
-        for cases in (attention_cases(arch), patch_embed_cases()):
+        for cases in (attention_cases(arch), column_cases(), patch_embed_cases()):
             for kernel, args, kwargs, desc, wide, needs in cases:
                 rows.append(_triton_row(kernel, args, kwargs, arch, desc, wide, needs))
     if cuda:

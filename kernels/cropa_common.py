@@ -8,6 +8,8 @@ import triton.language as tl
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 """ln 2: the kernels' base-2 log-sum-exp times it is the natural one the backward and users read."""
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+"""log2(e): a natural-log log-sum-exp times it is the base-2 one the kernels' exp2 takes."""
 
 
 @triton.jit

@@ -23,11 +23,13 @@ def _bwd_fake(grad_out, q, k, v, out, lse, n_leads, scale):
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
 
 
-def register(kind: str, fwd_impl: Callable | None = None, bwd_impl: Callable | None = None):
+def register(kind: str, fwd_impl: Callable | None = None, bwd_impl: Callable | None = None,
+             fwd_fake: Callable = _fwd_fake, bwd_fake: Callable = _bwd_fake):
     """Register (or, for ops the CUDA extension defines, complete) the fwd/bwd pair of ``kind``; return
-    (the attention function ``(q, k, v, n_leads, scale) -> out``, the fwd op, the bwd op)."""
-    fwd = fused_op(f"cropa_{kind}_fwd", _fwd_fake, fwd_impl)
-    bwd = fused_op(f"cropa_{kind}_bwd", _bwd_fake, bwd_impl)
+    (the attention function ``(q, k, v, n_leads, scale) -> out``, the fwd op, the bwd op). The fakes
+    default to the layouts above; a kind whose kernels return others passes its own."""
+    fwd = fused_op(f"cropa_{kind}_fwd", fwd_fake, fwd_impl)
+    bwd = fused_op(f"cropa_{kind}_bwd", bwd_fake, bwd_impl)
 
     def setup_context(ctx, inputs, output):
         q, k, v, n_leads, scale = inputs
