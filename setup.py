@@ -42,6 +42,7 @@ setup(
         "ecg_jepa.benchmarks",
     ],
     package_dir={"ecg_jepa": "ecg_jepa", "ecg_jepa.kernels": "kernels", "ecg_jepa.benchmarks": "benchmarks"},
+    package_data={"ecg_jepa.ops.cropa": ["measured.json"]},  # auto's GPU order (ops/cropa/measured.py)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -69,11 +69,21 @@ def why_not_timed(impl: str, x: torch.Tensor, n_leads: int, grad: bool) -> str |
     return "; ".join(reasons) or None
 
 
+def packed_inputs(shape: AttnShape, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs as :class:`~ecg_jepa.CroPAAttention` makes them: one (B, N, 3, H, d) projection whose q, k, v
+    are ``qkv.permute(2, 0, 3, 1, 4)`` views (gradients accumulate into it), and an output gradient
+    (B, H, N, d) over (B, N, H, d) memory (what ``out.transpose(1, 2).reshape(B, N, D)`` passes back)."""
+    qkv = torch.randn(shape.b, shape.n, 3, shape.h, shape.d, device=device, dtype=dtype)
+    grad_out = torch.randn(shape.b, shape.n, shape.h, shape.d, device=device, dtype=dtype).transpose(1, 2)
+    return qkv, grad_out
+
+
 def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: float,
          impls: tuple[str, ...] | None = None) -> list[Row]:
-    """One row per backend (and ``dense``; or per name in ``impls``): parity, forward and forward+backward."""
-    make = lambda: torch.randn(shape.b, shape.h, shape.n, shape.d, device=device, dtype=dtype)  # noqa: E731
-    q, k, v, g = (make() for _ in range(4))
+    """One row per backend (and ``dense``; or per name in ``impls``): parity, forward and forward+backward
+    (to the packed projection, as in the model: :func:`packed_inputs`)."""
+    qkv, g = packed_inputs(shape, dtype, device)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
     keys = shape.slots + shape.leads - 1  # every query meets T + L - 1 keys
     flops = 4.0 * shape.b * shape.h * shape.n * shape.d * keys
     nbytes = 4.0 * shape.b * shape.h * shape.n * shape.d * q.element_size()
@@ -99,12 +109,11 @@ def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: flo
         if train_reason:
             row.extra["fwd_bwd"] = f"n/a: {train_reason}"
             continue
-        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        leaf = qkv.detach().requires_grad_()
 
         def step():
-            fn(*leaves, shape.leads).backward(g)
-            for x in leaves:
-                x.grad = None
+            fn(*leaf.permute(2, 0, 3, 1, 4), shape.leads).backward(g)
+            leaf.grad = None
 
         row.fwd_bwd = time_call(step, device, budget)
     return out
@@ -115,16 +124,14 @@ def test_cropa_fwd_bwd(benchmark, backend):
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     shape = SHAPES["gpu" if cuda else "cpu"][0]
-    dtype = torch.bfloat16 if cuda else torch.float32
-    q, k, v = (torch.randn(shape.b, shape.h, shape.n, shape.d, device=device, dtype=dtype, requires_grad=True)
-               for _ in range(3))
-    reason = why_not_timed(backend, q, shape.leads, True)
+    qkv, g = packed_inputs(shape, torch.bfloat16 if cuda else torch.float32, device)
+    qkv.requires_grad_()
+    reason = why_not_timed(backend, qkv[:, :, 0].transpose(1, 2), shape.leads, True)
     if reason:
         raise unittest.SkipTest(reason)
-    g = torch.randn_like(q)
 
     def step():
-        _fn(backend)(q, k, v, shape.leads).backward(g)
+        _fn(backend)(*qkv.permute(2, 0, 3, 1, 4), shape.leads).backward(g)
         if cuda:
             torch.cuda.synchronize()
 

@@ -11,7 +11,7 @@ from ecg_jepa.ops.cropa.triton import cropa_triton_bwd, cropa_triton_fwd
 from ecg_jepa.ops.layout import cropa_mask
 from ecg_jepa.ops.registry import InputSpec
 
-TORCH_BACKENDS = ["sdpa", "structured"]
+TORCH_BACKENDS = ["sdpa", "structured", "split"]  # split: the CPU flash row pass + the torch column pass
 # (n_leads, T, d): every required value of each, in combinations the interpreter runs in seconds.
 TRITON_SHAPES = [(1, 7, 16), (2, 50, 48), (8, 7, 64), (12, 1, 128), (8, 50, 48), (12, 7, 24), (1, 50, 128), (2, 1, 64),
                  (2, 100, 16), (3, 70, 32), (5, 17, 48)]  # T > 64: several slot blocks
@@ -213,6 +213,118 @@ def test_cuda_matches_oracle(seed, n_leads, t, d, dtype):
     check_against_oracle("cuda", n_leads, t, d, dtype, b=2, h=2)
 
 
+# ---- split: the row pass (PyTorch's fused attention) + the column pass (Triton or torch), one softmax ----
+
+SPLIT_SHAPES = [(1, 7, 16), (8, 50, 48), (12, 1, 32), (12, 7, 24), (2, 3, 8), (17, 3, 16), (5, 17, 48)]
+
+
+def split_kernels(columns):
+    """The split op's forward and backward with the column pass chosen explicitly, as a parity callable
+    (on a GPU: the memory-efficient row kernel; on the CPU: the CPU flash kernel; Triton columns run
+    under the interpreter there)."""
+    from ecg_jepa.ops.cropa import split
+
+    def run(q, k, v, n_leads, grad_out):
+        q, k, v = (x.to(KERNEL_DEVICE) for x in (q, k, v))
+        scale = q.shape[-1] ** -0.5
+        out, lse = split.forward(q, k, v, n_leads, scale, columns=columns)
+        if grad_out is None:
+            return out.cpu(), ()
+        grads = split.backward(grad_out.to(KERNEL_DEVICE, q.dtype), q, k, v, out, lse, n_leads, scale, columns=columns)
+        return out.cpu(), tuple(g.cpu() for g in grads)
+
+    run.__name__ = f"split[{columns} columns]"
+    return run
+
+
+@pytest.mark.parametrize("columns", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
+@pytest.mark.parametrize("n_leads,t,d", SPLIT_SHAPES)
+def test_split_matches_oracle(seed, columns, dtype, n_leads, t, d):
+    """Both column passes, every dtype, L = 1 (no column keys), T = 1 (one row key), 12 and 17 leads (16-
+    and 32-lane tiles), odd T and small or odd head dims, forward and the three gradients."""
+    if KERNEL_DEVICE == "cuda" and d % 8:
+        pytest.skip("the memory-efficient row kernel needs head dims that are multiples of 8")
+    q, k, v = inputs(2, 2, n_leads, t, d, dtype)
+    result = parity(split_kernels(columns), q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
+    print(result)
+    assert result.ok, str(result)
+
+
+@pytest.mark.parametrize("columns", ["triton", "torch"])
+def test_split_takes_packed_and_contiguous_inputs(seed, columns, kernel_device):
+    """q, k, v as views of the module's packed projection (the row pass's free view), and as contiguous
+    (B, H, N, d) tensors (copied into that layout): the same answer, gradients into the packed tensor."""
+    b, n_leads, t, h, d = 2, 3, 5, 2, 16
+    qkv = torch.randn(b, n_leads * t, 3, h, d, device=kernel_device, requires_grad=True)
+    g = torch.randn(b, h, n_leads * t, d, device=kernel_device)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    for args in ((q, k, v), tuple(x.contiguous() for x in (q, k, v))):
+        result = parity(split_kernels(columns), *(x.detach() for x in args), n_leads, g)
+        assert result.ok, str(result)
+    cropa_attention(q, k, v, n_leads, backend="split").backward(g)
+    ref = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
+    oracle(*ref, n_leads).backward(g.cpu().double())
+    assert max_err(qkv.grad.cpu().permute(2, 0, 3, 1, 4)[0], ref[0].grad) < 1e-5
+
+
+def test_split_lse_is_merged_logsumexp(seed, kernel_device):
+    from ecg_jepa.ops.cropa.split import cropa_split_fwd
+
+    q, k, v = inputs(1, 2, 4, 6, 16, torch.float32)
+    lse = cropa_split_fwd(q.to(kernel_device), k.to(kernel_device), v.to(kernel_device), 4, 0.25)[1].cpu()
+    scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~cropa_mask(4, 6), float("-inf"))
+    want = scores.logsumexp(-1).reshape(1, 2, 4, 6).transpose(1, 2)  # (B, L, H, T)
+    assert max_err(lse[..., :6], want) < 1e-5
+
+
+def test_split_custom_ops_pass_opcheck(seed, kernel_device):
+    from ecg_jepa.ops.cropa.split import cropa_split_bwd, cropa_split_fwd
+
+    q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
+    q, k, v = (x.to(kernel_device).requires_grad_() for x in (q, k, v))
+    torch.library.opcheck(cropa_split_fwd, (q, k, v, 3, 0.25))
+    out, lse = cropa_split_fwd(q, k, v, 3, 0.25)
+    torch.library.opcheck(cropa_split_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, 3, 0.25))
+
+
+def test_torch_compile_traces_split_op_fullgraph(seed, kernel_device):
+    q, k, v = (x.to(kernel_device).requires_grad_() for x in inputs(1, 2, 3, 5, 16, torch.float32))
+    fn = torch.compile(lambda q, k, v: cropa_attention(q, k, v, 3, backend="split"), fullgraph=True, backend="aot_eager")
+    out = fn(q, k, v)
+    out.sum().backward()
+    assert max_err(out.detach().cpu(), oracle(q.detach().cpu(), k.detach().cpu(), v.detach().cpu(), 3)) < 1e-5
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("columns", ["triton", "torch"])
+@pytest.mark.parametrize("mutation", ["self key in the column pass", "column dk dropped", "final LSE not used"])
+def test_a_wrong_split_backward_fails_parity(seed, monkeypatch, columns, mutation):
+    """The split tests have teeth: a column backward that also differentiates the self key, that drops
+    its dk, or that recomputes P against the row pass's LSE instead of the merged one, fails."""
+    from ecg_jepa.ops.cropa import split
+
+    real_torch, real_triton = split.column_backward_torch, split.column_backward_triton
+    real = real_triton if columns == "triton" else real_torch
+
+    def wrong(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale):
+        if mutation == "self key in the column pass":  # the self key's gradient counted twice
+            t = q.shape[2] // n_leads
+            p = torch.exp((q * k).sum(-1) * scale - lse[..., :t].permute(0, 2, 1, 3).flatten(2).to(q.dtype))
+            dv.add_((p[..., None] * grad_out).to(dv.dtype))
+            return real(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale)
+        if mutation == "column dk dropped":
+            return real(grad_out, q, k, v, out, lse, dq, torch.zeros_like(dk), dv, n_leads, scale)
+        row_only = lse.clone()  # P against a wrong LSE: the merged one plus log 2
+        row_only += 0.6931
+        return real(grad_out, q, k, v, out, row_only, dq, dk, dv, n_leads, scale)
+
+    monkeypatch.setattr(split, "column_backward_triton" if columns == "triton" else "column_backward_torch", wrong)
+    q, k, v = inputs(1, 2, 4, 6, 16, torch.float32)
+    result = parity(split_kernels(columns), q, k, v, 4, torch.randn(1, 2, 24, 16))
+    assert result.checks[0].ok and not result.ok, str(result)
+
+
 @pytest.fixture(scope="module")
 def emulated():
     """The CUDA kernels' source compiled for the CPU (csrc/emulation.cpp): their logic, without a GPU."""
@@ -300,10 +412,21 @@ def _spec(device, dtype, d=48, grad=True, n_leads=8, t=50, capability=(9, 0)):
     return InputSpec(device, dtype, (64, 16, n_leads * t, d), grad, capability if device == "cuda" else None, n_leads)
 
 
+FAKE_TABLE = {"device": "a card", "sm": "9.0", "dtype": "bfloat16", "torch": "2.x", "triton": "3.x", "commit": "abc",
+              "source": "benchmarks/results/x.json", "shapes": [
+                  {"batch": 64, "heads": 16, "leads": 8, "slots": 50, "head_dim": 48,
+                   "fwd": {"sdpa": 0.3, "triton": 0.25, "split": 0.4}, "fwd_bwd": {"sdpa": 1.1, "triton": 1.3, "split": 0.8}},
+                  {"batch": 64, "heads": 16, "leads": 8, "slots": 17, "head_dim": 48,
+                   "fwd": {"sdpa": 0.2, "triton": 0.3}, "fwd_bwd": {"sdpa": 0.6, "triton": 1.0}}]}
+
+
 @pytest.mark.parametrize("spec,chosen", [
-    (_spec("cuda", torch.bfloat16), "sdpa"),                 # training: sdpa's backward is faster (measured)
-    (_spec("cuda", torch.bfloat16, grad=False), "triton"),   # inference: triton's forward is
+    (_spec("cuda", torch.bfloat16), "split"),                 # training: the fastest measured forward+backward
+    (_spec("cuda", torch.bfloat16, grad=False), "triton"),    # inference: the fastest measured forward
+    (_spec("cuda", torch.bfloat16, t=20), "sdpa"),            # the nearest measured shape (T = 17) decides
+    (_spec("cuda", torch.bfloat16, capability=(8, 0)), "split"),  # no table for sm_80: the model's prediction
     (_spec("cuda", torch.float32, d=160, grad=False), "sdpa"),  # head dim over the fused kernels' limit
+    (_spec("cuda", torch.bfloat16, d=44), "sdpa"),            # split: not a multiple of 8; triton: slower measured
     (_spec("cuda", torch.bfloat16, capability=(7, 5), grad=False), "sdpa"),  # bf16 needs sm_80 for the fused kernels
     (_spec("cuda", torch.float64, grad=False), "sdpa"),
     (_spec("cuda", torch.bfloat16, n_leads=1), "sdpa"),
@@ -312,9 +435,44 @@ def _spec(device, dtype, d=48, grad=True, n_leads=8, t=50, capability=(9, 0)):
     (_spec("cpu", torch.float32, grad=True), "structured"),
 ])
 def test_dispatch_decisions_for_described_inputs(spec, chosen, monkeypatch):
-    """The choice for a GPU is a pure function of the described inputs, testable without one."""
+    """The choice for a GPU is a pure function of the described inputs and the measured table, testable
+    without one (here a table written for the test)."""
+    from ecg_jepa.ops.cropa import measured
+
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(measured, "tables", lambda: (FAKE_TABLE,))
     assert DISPATCH.select(spec) == chosen, DISPATCH.explain(spec)
+
+
+def test_auto_says_where_its_gpu_order_comes_from(monkeypatch):
+    from ecg_jepa.ops.cropa import measured
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(measured, "tables", lambda: (FAKE_TABLE,))
+    text = DISPATCH.explain(_spec("cuda", torch.bfloat16))
+    assert "measured on a card" in text and "split 0.800 ms" in text and "benchmarks/results/x.json" in text
+    text = DISPATCH.explain(_spec("cuda", torch.bfloat16, capability=(8, 0)))
+    assert "no measured table for sm_80" in text and "performance model" in text
+
+
+def test_committed_gpu_tables_name_their_provenance():
+    """Every committed table says which card, versions, commit and result file its times come from, and
+    times only backends that exist."""
+    from ecg_jepa.ops.cropa import BACKENDS
+    from ecg_jepa.ops.cropa.measured import tables
+
+    assert tables(), "ecg_jepa/ops/cropa/measured.json holds no table"
+    for table in tables():
+        assert all(table[key] for key in ("device", "sm", "dtype", "torch", "commit", "source"))
+        for entry in table["shapes"]:
+            assert set(entry["fwd"]) | set(entry["fwd_bwd"]) <= set(BACKENDS)
+
+
+def test_no_backend_at_all_is_one_clear_error():
+    """A device no backend runs on (meta) gets the dispatcher's explanation, not a recursion."""
+    q = torch.randn(1, 1, 16, 8, device="meta")
+    with pytest.raises(ValueError, match="no CroPA attention backend can run on meta"):
+        cropa_attention(q, q, q, 8)
 
 
 def test_explain_reports_every_reason(monkeypatch):

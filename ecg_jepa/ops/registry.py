@@ -145,28 +145,29 @@ class Dispatcher:
     backends: dict[str, Backend]
     order: Order
 
-    def select(self, spec: InputSpec, backend: str = "auto") -> str:
+    def _choice(self, spec: InputSpec, backend: str) -> str | None:
+        """The backend that runs ``spec`` for this request, None if none can (raises on an unknown name)."""
         if backend == "auto":
             names, _ = self.order(spec)
-            for name in names:
-                if not self.backends[name].why_not(spec):
-                    return name
-            raise InputError(f"no {self.op} backend can run on {spec}:\n" + self.explain(spec))
+            return next((name for name in names if not self.backends[name].why_not(spec)), None)
         if backend not in self.backends:
             raise InputError(
                 f"unknown {self.op} backend {backend!r}; choose one of 'auto', {', '.join(map(repr, self.backends))}"
             )
+        return None if self.backends[backend].why_not(spec) else backend
+
+    def select(self, spec: InputSpec, backend: str = "auto") -> str:
+        chosen = self._choice(spec, backend)
+        if chosen is not None:
+            return chosen
+        if backend == "auto":
+            raise InputError(f"no {self.op} backend can run on {spec}:\n" + self.explain(spec))
         reasons = self.backends[backend].why_not(spec)
-        if reasons:
-            raise InputError(f"{self.op} backend {backend!r} cannot run here: {'; '.join(reasons)}")
-        return backend
+        raise InputError(f"{self.op} backend {backend!r} cannot run here: {'; '.join(reasons)}")
 
     def explain(self, spec: InputSpec, backend: str = "auto") -> str:
         """A header naming the inputs and the choice, then one line per backend with every reason."""
-        try:
-            chosen = self.select(spec, backend)
-        except InputError:
-            chosen = None
+        chosen = self._choice(spec, backend)
         names, why = self.order(spec)
         lines = [f"{self.op} on {spec}: backend={backend!r} -> {chosen!r}"]
         if backend == "auto" and why:

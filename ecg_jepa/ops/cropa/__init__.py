@@ -23,6 +23,7 @@ from ..registry import (
     triton_available,
 )
 from . import torch_backends
+from .measured import PREDICTED_GPU_ORDER, measured_order
 from .reference import reference
 
 FUSED_MAX_HEAD_DIM = 128
@@ -41,6 +42,28 @@ def _triton_run(q, k, v, n_leads, scale):
     from .triton import attention
 
     return attention(q, k, v, n_leads, scale)
+
+
+def _split_run(q, k, v, n_leads, scale):
+    from .split import attention
+
+    return attention(q, k, v, n_leads, scale)
+
+
+def _split_fits(spec: InputSpec) -> str | None:
+    """CUDA limits of the split backend's kernels (the CPU flash kernel and the torch column pass take any
+    head dim and float64)."""
+    if spec.device != "cuda":
+        return None
+    d = spec.shape[-1]
+    if spec.dtype == torch.float64:
+        return "float64 runs on the CPU only (the memory-efficient row kernel takes float32, float16, bfloat16)"
+    if d > FUSED_MAX_HEAD_DIM:
+        return f"last dim {d} > {FUSED_MAX_HEAD_DIM} (the column kernels' tiles)"
+    align = 4 if spec.dtype == torch.float32 else 8
+    if d % align:
+        return f"head dim {d} is not a multiple of {align} (the memory-efficient row kernel's alignment)"
+    return triton_available()
 
 
 def _cuda_run(q, k, v, n_leads, scale):
@@ -74,6 +97,8 @@ BACKENDS: dict[str, Backend] = {
         Backend("flex", torch_backends.flex, Capabilities(dtypes=_ALL_DTYPES, backward_devices=("cuda",)),
                 available=_flex_available),
         Backend("structured", torch_backends.structured, Capabilities(dtypes=_ALL_DTYPES)),
+        Backend("split", _split_run, Capabilities(dtypes=_ALL_DTYPES, fits=_split_fits,
+                                                  min_capability=((torch.bfloat16, (8, 0)),))),
         Backend("triton", _triton_run, Capabilities(**{**_FUSED.__dict__, "interpreted_on_cpu": True}),
                 available=triton_available),
         Backend("cuda", _cuda_run, Capabilities(**{**_FUSED.__dict__, "fits": _cuda_fits}),
@@ -92,15 +117,15 @@ def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
     if spec.n_leads == 1:
         return ("sdpa", "reference"), "n_leads=1: CroPA is full attention, which sdpa runs unmasked"
     if spec.device == "cuda":
-        if spec.needs_grad:
-            gpu_order = ("sdpa", "triton", "flex", "structured", "reference")
-            why = ("with gradients sdpa+mask is fastest (H100, bf16, B64 H16 d48, forward+backward: L8 T50 sdpa "
-                   "1.12 ms, triton 1.15 of kernel time, flex 1.43; L8 T17 0.66 against 1.05; L12 T50 1.84 "
-                   "against 2.50: benchmarks/results/h100-20261126)")
+        measured = measured_order(spec)
+        if measured is not None:
+            ranked, why = measured
         else:
-            gpu_order = ("triton", "sdpa", "flex", "structured", "reference")
-            why = ("without gradients triton is fastest (H100, bf16, B64 H16 d48, forward: L8 T50 triton 0.25 ms, "
-                   "sdpa+mask 0.35; L12 T50 0.50 against 0.53: benchmarks/results/h100-20261126)")
+            cap = "sm_%d%d" % spec.capability if spec.capability else "this GPU"
+            ranked, why = (), (f"no measured table for {cap} in ops/cropa/measured.json: the performance model's "
+                               "predicted order (benchmarks/results/performance-model.md)")
+        rest = PREDICTED_GPU_ORDER[spec.needs_grad]
+        gpu_order = tuple(dict.fromkeys(b for b in (*ranked, *rest) if b not in ("cuda", "dense")))
         cap = spec.capability
         if cap in CUDA_VERIFIED and (spec.n_leads, spec.shape[-2] // spec.n_leads) in CUDA_VERIFIED[cap]:
             return ("cuda", *gpu_order), f"cuda verified and measured fastest on sm_{cap[0]}{cap[1]} for this shape"

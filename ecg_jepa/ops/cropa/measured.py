@@ -1,0 +1,58 @@
+"""The GPU order of ``auto``, from measurements: ``measured.json`` beside this file holds, per GPU generation,
+the median times of every CroPA backend that passed parity, at the benchmark's shapes, with the card,
+versions, commit and result file they come from (written by ``python -m ecg_jepa.benchmarks.auto_table``
+from an ``ecg-jepa bench`` result). ``auto`` ranks the backends by the times of the measured shape nearest
+to its input; on a GPU generation with no table it takes the performance model's predicted order
+(``benchmarks/results/performance-model.md``), and says so.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+from ..registry import InputSpec
+
+TABLE_FILE = Path(__file__).with_name("measured.json")
+
+PREDICTED_GPU_ORDER = {
+    True: ("split", "sdpa", "triton", "flex", "structured", "reference"),
+    False: ("split", "triton", "sdpa", "flex", "structured", "reference"),
+}
+"""With / without gradients, where no table exists: the performance model's order (split: the row pass on
+the memory-efficient kernel plus a one-round-trip column kernel; see performance-model.md)."""
+
+
+@functools.lru_cache(maxsize=1)
+def tables() -> tuple[dict, ...]:
+    """The committed tables, oldest first."""
+    return tuple(json.loads(TABLE_FILE.read_text())["tables"]) if TABLE_FILE.exists() else ()
+
+
+def nearest(entries: list[dict], n_leads: int, n_slots: int) -> dict:
+    """The measured shape closest to (n_leads, n_slots): the same lead count first, then the nearest slot
+    count by ratio."""
+    return min(entries, key=lambda e: (e["leads"] != n_leads, abs(math.log(e["slots"] / n_slots))))
+
+
+def measured_order(spec: InputSpec) -> tuple[tuple[str, ...], str] | None:
+    """The backends measured on spec's GPU generation, fastest first at the nearest measured shape, and a
+    line saying what was measured where; None without a table for it."""
+    if spec.capability is None or spec.n_leads is None:
+        return None
+    sm = f"{spec.capability[0]}.{spec.capability[1]}"
+    found = [t for t in tables() if t["sm"] == sm]
+    if not found:
+        return None
+    table = found[-1]
+    entry = nearest(table["shapes"], spec.n_leads, spec.shape[-2] // spec.n_leads)
+    key = "fwd_bwd" if spec.needs_grad else "fwd"
+    times = entry[key]
+    ranked = tuple(sorted(times, key=times.get))
+    what = "forward+backward" if spec.needs_grad else "forward"
+    why = (f"{what} measured on {table['device']} ({table['dtype']}, B{entry['batch']} H{entry['heads']} "
+           f"L{entry['leads']} T{entry['slots']} d{entry['head_dim']}: "
+           + ", ".join(f"{name} {times[name]:.3f} ms" for name in ranked)
+           + f"; torch {table['torch']}, triton {table['triton']}, commit {table['commit']}: {table['source']})")
+    return ranked, why
