@@ -53,9 +53,32 @@ def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int) -> to
     return F.scaled_dot_product_attention(q, k, v)
 
 
+ROW_PASS = ("row-efficient", "row-flash", "row-cudnn")
+"""The split backend's row pass alone (not CroPA: L dense T x T attentions on the free (B·L, H, T, d) view)
+with each of PyTorch's fused kernels forced, to choose the one split is built on; CUDA only."""
+
+
+def row_pass(kernel: str):
+    """``(q, k, v, n_leads) -> out``: the row pass with PyTorch's ``kernel`` ("efficient", "flash", "cudnn")."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ecg_jepa.ops.cropa.split import bmhk
+
+    backend = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION}[kernel]
+
+    def run(q, k, v, n_leads):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(*(bmhk(x, n_leads).transpose(1, 2) for x in (q, k, v)))
+
+    return run
+
+
 def _fn(impl: str):
     if impl == "dense":
         return dense
+    if impl in ROW_PASS:
+        return row_pass(impl.removeprefix("row-"))
     return lambda q, k, v, n_leads: cropa_attention(q, k, v, n_leads, backend=impl)
 
 
@@ -63,6 +86,8 @@ def why_not_timed(impl: str, x: torch.Tensor, n_leads: int, grad: bool) -> str |
     """Why ``impl`` is not timed on inputs like x (None: it is)."""
     if impl == "dense":
         return None
+    if impl in ROW_PASS:
+        return None if x.is_cuda else "the row-pass rows are measured on a GPU"
     reasons = BACKENDS[impl].why_not(InputSpec.of(x, grad, n_leads))
     if not reasons and impl == "triton" and not x.is_cuda:
         return "CPU interpreter: correct but not a speed to report"
@@ -96,12 +121,20 @@ def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: flo
             row.parity = f"skipped: {reason}"
             continue
         train_reason = why_not_timed(impl, q, shape.leads, True)
-        if impl != "dense":
+        if impl in ROW_PASS or impl == "dense":
+            row.parity = "n/a: the row pass alone, not CroPA" if impl in ROW_PASS else "n/a: every key, not CroPA"
+        else:
             try:
                 row.parity = parity(impl, q[:1], k[:1], v[:1], shape.leads, None if train_reason else g[:1]).summary()
             except Exception as e:  # a backend that crashes (or cannot build) is reported, not fatal
                 row.parity = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             if row.parity != "ok":
+                continue
+        if impl in ROW_PASS:
+            try:  # a kernel PyTorch will not run at this shape is reported, not fatal
+                _fn(impl)(q, k, v, shape.leads)
+            except RuntimeError as e:
+                row.parity = f"n/a: {str(e).splitlines()[0][:100]}"
                 continue
         fn = _fn(impl)
         with torch.no_grad():

@@ -21,7 +21,8 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "runs/
     ``bench-<device>-<time>.{json,csv,md,png}`` under ``out``; return the Markdown and the files' stem.
 
     parts: which benchmarks (:data:`PARTS`); shapes: the attention shape set (``bench_cropa.SHAPES``: quick,
-    cpu, gpu, goal; default by device); impls: only these attention backends (and ``dense``); say: where
+    cpu, gpu, goal; default by device); impls: only these attention backends (and ``dense``; the training
+    step: ``auto`` and these, eager); say: where
     each row goes as it is measured (one line each).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -48,6 +49,8 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "runs/
         add(bench_block.rows(preset, batch, dev, dtype, budget))
     if "train-step" in parts:  # compiled and triton variants on a GPU only (minutes on a CPU)
         variants = bench_train_step.VARIANTS if gpu else (("auto", False), ("reference", False))
+        if impls:  # auto beside the named attention backends, eager
+            variants = (("auto", False), *((i, False) for i in impls if i in bench_cropa.BACKENDS))
         add(bench_train_step.rows(preset, batch, dev, dtype, budget, variants))
     if "data" in parts:
         add(bench_data.rows(16 if quick else 512, 512 if quick else 8192, workers=2))

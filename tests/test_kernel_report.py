@@ -28,6 +28,26 @@ for t in range(1, 101):
 print(len(keys["fwd"]), len(keys["bwd"]))
 """
 
+SPLIT_VARIANT_SCRIPT = r"""
+import torch
+from ecg_jepa.kernel_report import variant_key
+from ecg_jepa.ops.cropa import split
+h, n_leads, d = 16, 8, 48
+def keys(slot_counts):
+    found = set()
+    for t in slot_counts:
+        qkv = torch.empty(4, n_leads * t, 3, h, d, dtype=torch.bfloat16)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out, g, dq, dk, dv = (split.token_major(4, h, n_leads * t, d, q) for _ in range(5))
+        lse = torch.empty(4, n_leads, h, split.padded_slots(t))
+        for kernel, _, args, kwargs in (split.column_fwd_launch(q, k, v, out, lse, n_leads, 0.1),
+                                        split.column_bwd_launch(g, q, k, v, out, lse, dq, dk, dv, n_leads, 0.1)):
+            found.add(variant_key(kernel, args, kwargs))
+    return found
+every, warmed = keys(range(1, 101)), keys(split.WARM_UP_SLOTS)
+print(len(every), len(warmed), int(every <= warmed))
+"""
+
 
 def _python(code_or_args, **env):
     cmd = [sys.executable, "-c", code_or_args] if isinstance(code_or_args, str) else [sys.executable, *code_or_args]
@@ -48,6 +68,16 @@ def test_slot_counts_compile_a_bounded_set_of_variants():
 
 
 @pytest.mark.slow
+def test_split_warm_up_meets_every_column_kernel_variant():
+    """The split backend's column kernels compile a few variants for T = 1..100, and its warm-up
+    (``split.WARM_UP_SLOTS``) compiles every one of them: none compiles in the middle of training."""
+    from ecg_jepa.ops.cropa.split import WARM_UP_SLOTS
+
+    n_every, n_warmed, covered = map(int, _python(SPLIT_VARIANT_SCRIPT).split())
+    assert covered == 1 and n_every == n_warmed <= 2 * len(WARM_UP_SLOTS)
+
+
+@pytest.mark.slow
 def test_kernel_report_passes_its_check(tmp_path):
     """No spill, 16-byte wide-side accesses, tensor-core instructions in the attention kernels (bf16/fp16),
     Triton's and the CUDA extension's alike."""
@@ -57,7 +87,8 @@ def test_kernel_report_passes_its_check(tmp_path):
     rows = json.loads((tmp_path / "report.json").read_text())
     assert "| cropa_fwd_kernel |" in out and {r["arch"] for r in rows} == {80, 90}
     kernels = {r["kernel"] for r in rows}
-    assert {"cropa_fwd_kernel<__nv_bfloat16>", "cropa_bwd_kernel<__half>", "patch_embed_fwd_kernel<__nv_bfloat16>"} <= kernels
+    assert {"cropa_fwd_kernel<__nv_bfloat16>", "cropa_bwd_kernel<__half>", "patch_embed_fwd_kernel<__nv_bfloat16>",
+            "cropa_col_fwd_kernel", "cropa_col_bwd_kernel"} <= kernels
     for r in rows:
         assert r["spill_bytes"] == 0, r
         if r["needs_wide"]:

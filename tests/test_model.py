@@ -188,12 +188,12 @@ def test_per_sample_masks_select_each_rows_slots(seed):
         assert (out[i] - enc(x[i : i + 1], mask=masks[i])[0]).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["structured", "sdpa", "triton"])
+@pytest.mark.parametrize("backend", ["structured", "sdpa", "triton", "split"])
 def test_model_backends_match_reference(seed, backend, kernel_device):
     torch.manual_seed(seed)
     ref = JEPA("tiny", attn_backend="reference")
     torch.manual_seed(seed)
-    dev = kernel_device if backend == "triton" else "cpu"
+    dev = kernel_device if backend in ("triton", "split") else "cpu"
     other = JEPA("tiny", attn_backend=backend, embed_backend="triton" if backend == "triton" else "auto").to(dev)
     x, mask = torch.randn(2, 8, 2500), multiblock_mask()
     loss_ref, loss = ref.loss(x, mask), other.loss(x.to(dev), mask)

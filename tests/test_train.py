@@ -167,15 +167,17 @@ def test_compile_matches_eager_over_changing_masks(tmp_path, kernel_device):
 
 
 @pytest.mark.slow
-def test_compiled_blocks_run_the_triton_custom_ops(seed, kernel_device):
-    """The compiled block stacks (fullgraph) trace the fused Triton ops and give the eager losses over
-    masks of different sizes (two leads keep the CPU interpreter fast; on a GPU, inductor's own kernels)."""
+@pytest.mark.parametrize("backend", ["triton", "split"])
+def test_compiled_blocks_run_the_fused_custom_ops(seed, kernel_device, backend):
+    """The compiled block stacks (fullgraph) trace the fused ops (Triton; split: PyTorch's row kernel and
+    the Triton column kernels, or the torch column pass on the CPU) and give the eager losses over masks of
+    different sizes (two leads keep the CPU interpreter fast; on a GPU, inductor's own kernels)."""
     from ecg_jepa.model.masks import multiblock_mask
     from ecg_jepa.ops.layout import SlotMask
 
     def run(compiled):
         torch.manual_seed(0)
-        model = JEPA("tiny", attn_backend="triton", embed_backend="triton", leads=(0, 1)).to(kernel_device)
+        model = JEPA("tiny", attn_backend=backend, embed_backend="triton", leads=(0, 1)).to(kernel_device)
         if compiled:
             model.compile_blocks()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -266,14 +268,24 @@ def test_gpu_training_steps_do_not_synchronize():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,warmed", [("auto", "forward)"), ("triton", "forward and backward"), ("sdpa", None)])
-def test_pretrain_warms_the_triton_variants_it_will_meet(backend, warmed):
-    """auto runs the teacher's forward (no gradients) with triton and the student with sdpa: only the
-    forward variants are compiled before the first step; triton everywhere warms both; sdpa none."""
+@pytest.mark.parametrize("backend", ["auto", "triton", "split", "sdpa"])
+def test_pretrain_warms_the_variants_it_will_meet(backend):
+    """The Triton kernels of the backends the run will use (the teacher's forward without gradients, the
+    student's with) are compiled before the first step; sdpa needs none."""
+    from ecg_jepa.ops.cropa import DISPATCH
+    from ecg_jepa.ops.registry import InputSpec
     from ecg_jepa.train.pretrain import warm_up_kernels
 
-    said = warm_up_kernels(JEPA("tiny", attn_backend=backend).cuda(), torch.device("cuda"), "bf16")
-    assert said is None if warmed is None else warmed in said
+    model = JEPA("tiny", attn_backend=backend).cuda()
+    said = warm_up_kernels(model, torch.device("cuda"), "bf16")
+    cfg = model.encoder.config
+    cap = tuple(torch.cuda.get_device_capability())
+    chosen = {grad: DISPATCH.select(InputSpec("cuda", torch.bfloat16, (1, cfg.num_heads, 400, cfg.dim // cfg.num_heads),
+                                              grad, cap, 8), backend) for grad in (False, True)}
+    fused = [name for name in ("triton", "split") if name in chosen.values()]
+    assert (said is None) == (not fused), said
+    for name in fused:
+        assert f"{name} variants ({'forward and backward' if chosen[True] == name else 'forward'})" in said
 
 
 def test_logs_throughput_utilisation_and_memory(tmp_path):

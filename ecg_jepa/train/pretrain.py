@@ -223,8 +223,9 @@ def plot_log(log_path: Path, png: Path) -> None:
 
 
 def warm_up_kernels(model: JEPA, device: torch.device, precision: str) -> str | None:
-    """Compile every Triton CroPA variant the run can meet (all slot tiles, forward and backward) before
-    the first step, so none compiles in the middle of training; a line saying what was warmed, or None."""
+    """Compile every Triton CroPA variant the run can meet (the fused kernels' slot tiles, the split
+    backend's column kernels; forward and backward) before the first step, so none compiles in the middle
+    of training; a line saying what was warmed, or None."""
     if device.type != "cuda":
         return None
     from ..ops.cropa import DISPATCH
@@ -234,19 +235,23 @@ def warm_up_kernels(model: JEPA, device: torch.device, precision: str) -> str | 
     dtype = PRECISIONS[precision]
     head_dim, n_leads = cfg.dim // cfg.num_heads, len(cfg.leads)
     cap = tuple(torch.cuda.get_device_capability(device))
-    forward, backward = (  # the teacher's forward runs without gradients, the student's with
-        DISPATCH.select(InputSpec("cuda", dtype, (1, cfg.num_heads, n_leads * 50, head_dim), grad, cap, n_leads),
-                        cfg.attn_backend) == "triton"
-        for grad in (False, True))
-    if not forward and not backward:
-        return None
-    from ..ops.cropa.triton import SLOT_TILES, warm_up
-
+    chosen = {grad: DISPATCH.select(InputSpec("cuda", dtype, (1, cfg.num_heads, n_leads * 50, head_dim), grad, cap,
+                                              n_leads), cfg.attn_backend)
+              for grad in (False, True)}  # the teacher's forward runs without gradients, the student's with
+    done = []
     tic = time.perf_counter()
     with torch.random.fork_rng(devices=[device]):
-        count = warm_up(device, dtype, head_dim, cfg.num_heads, n_leads, grad=backward)
-    return (f"warmed {count} Triton CroPA variants (slot tiles {', '.join(map(str, SLOT_TILES))}; forward"
-            f"{' and backward' if backward else ''}) in {time.perf_counter() - tic:.1f} s")
+        for name in ("triton", "split"):
+            if name not in chosen.values():
+                continue
+            from importlib import import_module
+
+            module = import_module(f"..ops.cropa.{name}", __package__)
+            count = module.warm_up(device, dtype, head_dim, cfg.num_heads, n_leads, grad=chosen[True] == name)
+            done.append(f"{count} {name} variants ({'forward and backward' if chosen[True] == name else 'forward'})")
+    if not done:
+        return None
+    return f"warmed {' and '.join(done)} of CroPA attention in {time.perf_counter() - tic:.1f} s"
 
 
 def _agree(world: World, device: torch.device, *flags: bool) -> list[bool]:

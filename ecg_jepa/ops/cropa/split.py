@@ -284,3 +284,21 @@ def _bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
 
 
 attention, cropa_split_fwd, cropa_split_bwd = register("split", _fwd_op, _bwd_op, _fwd_fake, _bwd_fake)
+
+
+WARM_UP_SLOTS = (1, 2, 16, 17)
+"""Slot counts that meet every compiled variant of the column kernels: the slot block (1, 2, then 4 or more,
+which T only caps) and Triton's specialisation of T (1, divisible by 16, neither)."""
+
+
+def warm_up(device: torch.device | str, dtype: torch.dtype, head_dim: int, heads: int, n_leads: int,
+            grad: bool = True) -> int:
+    """Compile every column-kernel variant a run with this model shape can meet (by running the op once per
+    :data:`WARM_UP_SLOTS` on a batch of one, laid out as :class:`~ecg_jepa.CroPAAttention` lays it out), so
+    none compiles inside a timed or training step. Returns the count."""
+    for t in WARM_UP_SLOTS:
+        qkv = torch.randn(1, n_leads * t, 3, heads, head_dim, device=device, dtype=dtype, requires_grad=grad)
+        out = attention(*qkv.permute(2, 0, 3, 1, 4), n_leads, head_dim ** -0.5)
+        if grad:
+            out.sum().backward()
+    return len(WARM_UP_SLOTS)
