@@ -18,6 +18,8 @@ SHAPE = re.compile(r"B(\d+) H(\d+) L(\d+)xT(\d+)=N\d+ d(\d+)")
 def table_of(result: dict, dtype: str, source: str) -> dict:
     """The table of one bench result: card, versions, commit, and per shape the backends' median times."""
     machine = result["machine"]
+    if "sm" not in machine:
+        raise SystemExit(f"that result was measured on {machine['device']}, not a GPU: auto's tables are for GPUs")
     shapes: dict[str, dict] = {}
     for row in result["rows"]:
         if row["case"] != "attention" or row["dtype"] != dtype or row["impl"] not in BACKENDS or row["parity"] != "ok":

@@ -6,6 +6,7 @@ CroPA), parity-checked against the float64 oracle, then forward and forward+back
 """
 from __future__ import annotations
 
+import contextlib
 import unittest
 from dataclasses import dataclass
 
@@ -58,6 +59,23 @@ ROW_PASS = ("row-efficient", "row-flash", "row-cudnn")
 with each of PyTorch's fused kernels forced, to choose the one split is built on; CUDA only."""
 
 
+SPLIT_LIBRARY = "split-library"
+"""The split backend with its row pass on PyTorch's memory-efficient kernel even where its Triton row
+kernels run (``split.ROW_KERNEL``), to measure the two side by side."""
+
+
+@contextlib.contextmanager
+def _row_kernel(impl: str):
+    from ecg_jepa.ops.cropa import split
+
+    before = split.ROW_KERNEL["choice"]
+    split.ROW_KERNEL["choice"] = "library" if impl == SPLIT_LIBRARY else before
+    try:
+        yield
+    finally:
+        split.ROW_KERNEL["choice"] = before
+
+
 def row_pass(kernel: str):
     """``(q, k, v, n_leads) -> out``: the row pass with PyTorch's ``kernel`` ("efficient", "flash", "cudnn")."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -77,6 +95,8 @@ def row_pass(kernel: str):
 def _fn(impl: str):
     if impl == "dense":
         return dense
+    if impl == SPLIT_LIBRARY:
+        return lambda q, k, v, n_leads: cropa_attention(q, k, v, n_leads, backend="split")
     if impl in ROW_PASS:
         return row_pass(impl.removeprefix("row-"))
     return lambda q, k, v, n_leads: cropa_attention(q, k, v, n_leads, backend=impl)
@@ -86,8 +106,8 @@ def why_not_timed(impl: str, x: torch.Tensor, n_leads: int, grad: bool) -> str |
     """Why ``impl`` is not timed on inputs like x (None: it is)."""
     if impl == "dense":
         return None
-    if impl in ROW_PASS:
-        return None if x.is_cuda else "the row-pass rows are measured on a GPU"
+    if impl in ROW_PASS or impl == SPLIT_LIBRARY:
+        return None if x.is_cuda else f"the {impl} rows are measured on a GPU"
     reasons = BACKENDS[impl].why_not(InputSpec.of(x, grad, n_leads))
     if not reasons and impl == "triton" and not x.is_cuda:
         return "CPU interpreter: correct but not a speed to report"
@@ -116,40 +136,49 @@ def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: flo
     for impl in impls or (*BACKENDS, "dense"):
         row = Row("attention", str(shape), str(dtype).removeprefix("torch."), impl, "ok", flops=flops, bytes=nbytes)
         out.append(row)
-        reason = why_not_timed(impl, q, shape.leads, False)
-        if reason is not None:
-            row.parity = f"skipped: {reason}"
-            continue
-        train_reason = why_not_timed(impl, q, shape.leads, True)
-        if impl in ROW_PASS or impl == "dense":
-            row.parity = "n/a: the row pass alone, not CroPA" if impl in ROW_PASS else "n/a: every key, not CroPA"
-        else:
-            try:
-                row.parity = parity(impl, q[:1], k[:1], v[:1], shape.leads, None if train_reason else g[:1]).summary()
-            except Exception as e:  # a backend that crashes (or cannot build) is reported, not fatal
-                row.parity = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-            if row.parity != "ok":
-                continue
-        if impl in ROW_PASS:
-            try:  # a kernel PyTorch will not run at this shape is reported, not fatal
-                _fn(impl)(q, k, v, shape.leads)
-            except RuntimeError as e:
-                row.parity = f"n/a: {str(e).splitlines()[0][:100]}"
-                continue
-        fn = _fn(impl)
-        with torch.no_grad():
-            row.fwd = time_call(lambda: fn(q, k, v, shape.leads), device, budget)
-        if train_reason:
-            row.extra["fwd_bwd"] = f"n/a: {train_reason}"
-            continue
-        leaf = qkv.detach().requires_grad_()
-
-        def step():
-            fn(*leaf.permute(2, 0, 3, 1, 4), shape.leads).backward(g)
-            leaf.grad = None
-
-        row.fwd_bwd = time_call(step, device, budget)
+        with _row_kernel(impl):
+            _measure(row, impl, shape, qkv, g, device, budget)
     return out
+
+
+def _measure(row: Row, impl: str, shape: AttnShape, qkv: torch.Tensor, g: torch.Tensor, device: torch.device,
+             budget: float) -> None:
+    """Check ``impl``'s parity on a batch of one, then time its forward and forward+backward into ``row``."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    reason = why_not_timed(impl, q, shape.leads, False)
+    if reason is not None:
+        row.parity = f"skipped: {reason}"
+        return
+    train_reason = why_not_timed(impl, q, shape.leads, True)
+    if impl in ROW_PASS or impl == "dense":
+        row.parity = "n/a: the row pass alone, not CroPA" if impl in ROW_PASS else "n/a: every key, not CroPA"
+    else:
+        try:
+            name = "split" if impl == SPLIT_LIBRARY else impl
+            row.parity = parity(name, q[:1], k[:1], v[:1], shape.leads, None if train_reason else g[:1]).summary()
+        except Exception as e:  # a backend that crashes (or cannot build) is reported, not fatal
+            row.parity = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        if row.parity != "ok":
+            return
+    fn = _fn(impl)
+    if impl in ROW_PASS:
+        try:  # a kernel PyTorch will not run at this shape is reported, not fatal
+            fn(q, k, v, shape.leads)
+        except RuntimeError as e:
+            row.parity = f"n/a: {str(e).splitlines()[0][:100]}"
+            return
+    with torch.no_grad():
+        row.fwd = time_call(lambda: fn(q, k, v, shape.leads), device, budget)
+    if train_reason:
+        row.extra["fwd_bwd"] = f"n/a: {train_reason}"
+        return
+    leaf = qkv.detach().requires_grad_()
+
+    def step():
+        fn(*leaf.permute(2, 0, 3, 1, 4), shape.leads).backward(g)
+        leaf.grad = None
+
+    row.fwd_bwd = time_call(step, device, budget)
 
 
 def test_cropa_fwd_bwd(benchmark, backend):

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a session lent a GPU (the device tool), in two calls of 6-7 minutes that
-# follow one another on the same warm machine (the built extension and Triton's cache carry over):
-#   run(command="bash benchmarks/gpu_check.sh core", timeout_s=420)
-#   run(command="bash benchmarks/gpu_check.sh more", timeout_s=360)   # at once: the machine stays warm 30 s
-# (every step at its limit: 410 + 340 s, with the machine's start about 13.5 of the 15 minutes a session has)
-# core: install (no downloads), the CUDA extension for this GPU's architecture, the GPU tests (Triton and CUDA
-#       parity, custom ops, compiled training blocks, no host syncs), the attention benchmarks at the goal
-#       shapes, patch embedding and block, and the Triton tuning sweep.
-# more: the training step (eager, compiled, triton, reference attention), the other test files whose code
-#       behaves differently with a GPU, `ecg-jepa pretrain` end to end and compute-sanitizer over the fused
-#       backends. (The data, run-folder and kernel-report tests are CPU code: CI runs them.)
-# Measured on an H100 (2026-11-26): core's steps took 30 + 150 + 94 + 51 s, more's 120 + 120 + 20 + 13 s.
-# Every step has its own time limit, so a phase always ends and returns what it measured; benchmark rows and
-# test outcomes are printed as they come. Files in $OUT (at most 8): log.txt and the steps' outputs.
-# Commit what it measured under benchmarks/results/ with the device, versions and commit.
+# The prepared GPU check, for a session lent a GPU (the device tool), in two calls on one warm machine:
+#   run(command="bash benchmarks/gpu_check.sh core", timeout_s=400)   # first: what decides auto and the kernels
+#   run(command="bash benchmarks/gpu_check.sh more", timeout_s=420)   # at once: the machine stays warm 30 s
+# core (about 5 minutes, every step with its own limit): install (no downloads); the CroPA attention
+#       benchmark at the four goal shapes (sdpa + mask, dense flash, triton, split with its Triton row kernels
+#       and with the memory-efficient one, and the row pass alone with each of PyTorch's kernels), parity-
+#       checked first; auto's table for this card written from it
+#       ($OUT/measured.json: copy it to ecg_jepa/ops/cropa/measured.json); a torch.profiler table of the vit-b
+#       training step as auto now runs it; the GPU tests of the attention ops and the model; the training step
+#       with auto, sdpa and split.
+# more: the CUDA extension for this GPU, every GPU test, patch embedding and encoder block benchmarks, the
+#       Triton tuning sweep, the training step's other variants (compiled, triton, reference), the CLI/README
+#       tests, `ecg-jepa pretrain` end to end and compute-sanitizer over the fused backends.
+# Benchmark rows and test outcomes are printed as they come, so a step cut short by its limit still shows
+# what it measured. Files in $OUT (at most 8). Commit what it measured under benchmarks/results/ with the
+# device, versions and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
@@ -33,10 +34,13 @@ setup() {
   step "machine"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,compute_cap --format=csv
   python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
-  nvcc --version | tail -2
   step "install (no dependencies fetched)"
   python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "WARNING: Running pip as" || true
+}
+
+build_ext() {
   step "CUDA extension for this GPU"
+  nvcc --version | tail -2
   TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1) \
     timeout 120 python3 -m ecg_jepa.build_ext
 }
@@ -54,23 +58,37 @@ bench() {  # bench NAME TIMEOUT ARGS...: the suite with ARGS; its Markdown and J
 
 core() {
   setup
-  step "GPU tests: kernels' parity, custom ops, compiled blocks, no host syncs (emulation tests are CI's)"
-  timeout 180 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_patch_embed.py \
-    tests/test_model.py tests/test_train.py -k "not emulated and not mirror" > "$OUT/pytest-gpu.txt" 2>&1
+  step "benchmark: CroPA attention at the goal shapes (bf16; fp16 too at the first)"
+  bench kernels 110 --shapes goal --backends sdpa,dense,triton,split,split-library,row-efficient,row-flash,row-cudnn \
+    --only attention --budget 0.2
+  step "auto's table for this card (from the benchmark just run)"
+  [ -f "$OUT/kernels.json" ] && python3 -m ecg_jepa.benchmarks.auto_table "$OUT/kernels.json" \
+    --source benchmarks/results/RESULTS/bench-kernels.json && cp ecg_jepa/ops/cropa/measured.json "$OUT/measured.json"
+  python3 -m ecg_jepa backends --batch 64 --heads 16 --leads 8 --head-dim 48 --dtype bf16 --grad 2>&1 | head -4
+  step "profile: the vit-b training step as auto runs it (eager)"
+  timeout 70 python3 -m ecg_jepa.benchmarks.profile_step --out "$OUT/profile-eager.md" | head -40
+  step "GPU tests: split, triton and the dispatcher; the model and the training blocks with each"
+  timeout 90 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_model.py tests/test_train.py \
+    -k "split or triton_fp32 or triton_low or dispatch or committed or backends_match or compiled_blocks or warms" \
+    > "$OUT/pytest-gpu.txt" 2>&1
   echo "pytest exit $?"; failures "$OUT/pytest-gpu.txt"
-  step "benchmarks: attention at the goal shapes, patch embedding, encoder block"
-  bench kernels 120 --shapes goal --backends reference,sdpa,flex,triton,cuda,dense \
-    --only attention,patch-embed,block --budget 0.25
-  step "Triton configuration sweep (the paper's shape first; rows saved as they come)"
-  timeout 80 python3 -m ecg_jepa.benchmarks.tune_cropa --budget 0.1 --json "$OUT/tune.json"
+  step "benchmark: the training step (vit-b, B=64, bf16, eager): auto, sdpa, split"
+  bench train-step 60 --only train-step --backends sdpa,split --budget 0.3
 }
 
 more() {
   setup
-  step "benchmark: the training step (vit-b, B=64, bf16; auto eager and compiled, triton, reference)"
-  bench train-step 150 --only train-step --budget 0.5
+  build_ext
+  step "every GPU test (emulation tests are CI's)"
+  timeout 150 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_patch_embed.py \
+    tests/test_model.py tests/test_train.py -k "not emulated and not mirror" > "$OUT/pytest-gpu-all.txt" 2>&1
+  echo "pytest exit $?"; failures "$OUT/pytest-gpu-all.txt"
+  step "benchmarks: patch embedding, encoder block"
+  bench blocks 60 --only patch-embed,block --budget 0.25
+  step "Triton configuration sweep (the paper's shape first; rows saved as they come)"
+  timeout 60 python3 -m ecg_jepa.benchmarks.tune_cropa --budget 0.1 --json "$OUT/tune.json"
   step "the other tests whose code sees the GPU (benchmark suite, extension, CLI, README, downstream)"
-  timeout 100 python3 -m pytest $PYTEST -n 12 -m "not slow" tests/test_bench.py tests/test_build_ext.py \
+  timeout 60 python3 -m pytest $PYTEST -n 12 -m "not slow" tests/test_bench.py tests/test_build_ext.py \
     tests/test_cli.py tests/test_readme.py tests/test_downstream.py > "$OUT/pytest-rest.txt" 2>&1
   echo "pytest exit $?"; failures "$OUT/pytest-rest.txt"
   step "pretrain: vit-b, 20 steps, as the CLI decides"

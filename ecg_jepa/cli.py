@@ -211,12 +211,13 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from .benchmarks.bench_cropa import ROW_PASS, SPLIT_LIBRARY
     from .benchmarks.suite import PARTS, run
     from .ops.cropa import BACKENDS
 
     parts = tuple(args.only.split(","))
     impls = tuple(args.backends.split(",")) if args.backends else None
-    for name, given, known in (("part", parts, PARTS), ("backend", impls or (), (*BACKENDS, "dense"))):
+    for name, given, known in (("part", parts, PARTS), ("backend", impls or (), (*BACKENDS, "dense", *ROW_PASS, SPLIT_LIBRARY))):
         unknown = [g for g in given if g not in known]
         if unknown:
             raise InputError(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -440,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated parts to run: attention, patch-embed, block, train-step, data")
     p.add_argument("--shapes", default=None, choices=["quick", "cpu", "gpu", "goal"],
                    help="attention shapes (default: gpu or cpu by device; goal: the speed goals' four shapes)")
-    p.add_argument("--backends", default=None, help="only these attention backends, e.g. sdpa,flex,triton,dense")
+    p.add_argument("--backends", default=None, help="only these attention backends, e.g. sdpa,flex,triton,dense (on a GPU also row-efficient, "
+                   "row-flash, row-cudnn: split's row pass alone; split-library: split with the library's row "
+                   "kernel); with train-step: auto and these, eager")
     p.add_argument("--out", default="runs/bench", metavar="DIR",
                    help="folder for the result files (benchmarks/results/ keeps the ones worth committing)")
     p.set_defaults(func=_bench)

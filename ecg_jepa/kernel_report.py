@@ -216,14 +216,17 @@ def attention_cases(arch: int):
 
 
 def column_cases():
-    """The split backend's column kernels (``kernels/cropa_col.py``) at the paper's head dim for 8 and 12
+    """The split backend's column kernels (``kernels/cropa_col.py``) and 16-bit row kernels
+    (``kernels/cropa_row.py``) at the paper's head dim for 8 and 12
     leads and every slot count of the goal shapes, and at d = 64, 128 (every dtype the kernels take at
     that head dim); inputs laid out as
     the model lays them out, the output and gradients as the row pass leaves them. Wide side: the row tiles."""
     from ecg_jepa.kernels import cropa_col
+    from ecg_jepa.kernels.cropa_common import load_rows, store_rows
     from ecg_jepa.ops.cropa import split
 
     wide = _helper_lines(cropa_col._tile) | _helper_lines(cropa_col._store_tile)
+    row_wide = _helper_lines(load_rows) | _helper_lines(store_rows)
     combos = [(torch.bfloat16, 48, 8, t) for t in (17, 23, 50)] + [(torch.bfloat16, 48, 12, 50)]
     combos += [(dt, d, 8, 50) for dt in (torch.bfloat16, torch.float16, torch.float32) for d in (48, 64, 128)
                if (dt, d) != (torch.bfloat16, 48) and (dt != torch.float32 or d <= split.TRITON_FP32_MAX_HEAD_DIM)]
@@ -240,6 +243,13 @@ def column_cases():
         yield kernel, args, kwargs, desc, wide, needs
         kernel, _, args, kwargs = split.column_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, d ** -0.5)
         yield kernel, args, kwargs, desc, wide, needs
+        if dtype == torch.float32:  # the row pass's Triton kernels are 16-bit only (split.triton_rows)
+            continue
+        desc = f"{_dtype_name(dtype)} d={d} L={n_leads} T={t} tile {split.row_block(t)}"
+        kernel, _, args, kwargs = split.row_fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5)
+        yield kernel, args, kwargs, desc, row_wide, needs
+        kernel, _, args, kwargs = split.row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, d ** -0.5)
+        yield kernel, args, kwargs, desc, row_wide, needs
 
 
 def patch_embed_cases():

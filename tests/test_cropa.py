@@ -218,41 +218,45 @@ def test_cuda_matches_oracle(seed, n_leads, t, d, dtype):
 SPLIT_SHAPES = [(1, 7, 16), (8, 50, 48), (12, 1, 32), (12, 7, 24), (2, 3, 8), (17, 3, 16), (5, 17, 48)]
 
 
-def split_kernels(columns):
-    """The split op's forward and backward with the column pass chosen explicitly, as a parity callable
-    (on a GPU: the memory-efficient row kernel; on the CPU: the CPU flash kernel; Triton columns run
-    under the interpreter there)."""
+def split_kernels(columns, rows="library"):
+    """The split op's forward and backward with the column pass ("triton" or "torch") and the row pass
+    ("triton" or "library": the memory-efficient kernel on a GPU, the CPU flash kernel on the CPU) chosen
+    explicitly, as a parity callable (Triton kernels run under the interpreter on the CPU)."""
     from ecg_jepa.ops.cropa import split
 
     def run(q, k, v, n_leads, grad_out):
         q, k, v = (x.to(KERNEL_DEVICE) for x in (q, k, v))
         scale = q.shape[-1] ** -0.5
-        out, lse = split.forward(q, k, v, n_leads, scale, columns=columns)
+        out, lse = split.forward(q, k, v, n_leads, scale, columns=columns, rows=rows)
         if grad_out is None:
             return out.cpu(), ()
-        grads = split.backward(grad_out.to(KERNEL_DEVICE, q.dtype), q, k, v, out, lse, n_leads, scale, columns=columns)
+        grads = split.backward(grad_out.to(KERNEL_DEVICE, q.dtype), q, k, v, out, lse, n_leads, scale,
+                               columns=columns, rows=rows)
         return out.cpu(), tuple(g.cpu() for g in grads)
 
-    run.__name__ = f"split[{columns} columns]"
+    run.__name__ = f"split[{rows} rows, {columns} columns]"
     return run
 
 
-@pytest.mark.parametrize("columns", ["triton", "torch"])
+SPLIT_PASSES = [("triton", "triton"), ("triton", "library"), ("torch", "library")]  # (columns, rows)
+
+
+@pytest.mark.parametrize("columns,rows", SPLIT_PASSES)
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
 @pytest.mark.parametrize("n_leads,t,d", SPLIT_SHAPES)
-def test_split_matches_oracle(seed, columns, dtype, n_leads, t, d):
-    """Both column passes, every dtype, L = 1 (no column keys), T = 1 (one row key), 12 and 17 leads (16-
-    and 32-lane tiles), odd T and small or odd head dims, forward and the three gradients."""
+def test_split_matches_oracle(seed, columns, rows, dtype, n_leads, t, d):
+    """Both column passes, both row passes, every dtype, L = 1 (no column keys), T = 1 (one row key), 12
+    and 17 leads (16- and 32-lane tiles), odd T and small or odd head dims, forward and the three gradients."""
     if KERNEL_DEVICE == "cuda" and d % 8:
         pytest.skip("the memory-efficient row kernel needs head dims that are multiples of 8")
     q, k, v = inputs(2, 2, n_leads, t, d, dtype)
-    result = parity(split_kernels(columns), q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
+    result = parity(split_kernels(columns, rows), q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
     print(result)
     assert result.ok, str(result)
 
 
-@pytest.mark.parametrize("columns", ["triton", "torch"])
-def test_split_takes_packed_and_contiguous_inputs(seed, columns, kernel_device):
+@pytest.mark.parametrize("columns,rows", SPLIT_PASSES)
+def test_split_takes_packed_and_contiguous_inputs(seed, columns, rows, kernel_device):
     """q, k, v as views of the module's packed projection (the row pass's free view), and as contiguous
     (B, H, N, d) tensors (copied into that layout): the same answer, gradients into the packed tensor."""
     b, n_leads, t, h, d = 2, 3, 5, 2, 16
@@ -260,7 +264,7 @@ def test_split_takes_packed_and_contiguous_inputs(seed, columns, kernel_device):
     g = torch.randn(b, h, n_leads * t, d, device=kernel_device)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     for args in ((q, k, v), tuple(x.contiguous() for x in (q, k, v))):
-        result = parity(split_kernels(columns), *(x.detach() for x in args), n_leads, g)
+        result = parity(split_kernels(columns, rows), *(x.detach() for x in args), n_leads, g)
         assert result.ok, str(result)
     cropa_attention(q, k, v, n_leads, backend="split").backward(g)
     ref = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
@@ -297,9 +301,9 @@ def test_torch_compile_traces_split_op_fullgraph(seed, kernel_device):
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
-@pytest.mark.parametrize("columns", ["triton", "torch"])
+@pytest.mark.parametrize("columns,rows", SPLIT_PASSES)
 @pytest.mark.parametrize("mutation", ["self key in the column pass", "column dk dropped", "final LSE not used"])
-def test_a_wrong_split_backward_fails_parity(seed, monkeypatch, columns, mutation):
+def test_a_wrong_split_backward_fails_parity(seed, monkeypatch, columns, rows, mutation):
     """The split tests have teeth: a column backward that also differentiates the self key, that drops
     its dk, or that recomputes P against the row pass's LSE instead of the merged one, fails."""
     from ecg_jepa.ops.cropa import split
@@ -321,7 +325,7 @@ def test_a_wrong_split_backward_fails_parity(seed, monkeypatch, columns, mutatio
 
     monkeypatch.setattr(split, "column_backward_triton" if columns == "triton" else "column_backward_torch", wrong)
     q, k, v = inputs(1, 2, 4, 6, 16, torch.float32)
-    result = parity(split_kernels(columns), q, k, v, 4, torch.randn(1, 2, 24, 16))
+    result = parity(split_kernels(columns, rows), q, k, v, 4, torch.randn(1, 2, 24, 16))
     assert result.checks[0].ok and not result.ok, str(result)
 
 

@@ -1,9 +1,11 @@
 """The ``split`` CroPA backend: CroPA as two block-diagonal attentions, each in its own natural order, under
 one softmax through the log-sum-exp.
 
-- **Row pass** (lead-major order): L independent T x T dense attentions per (batch, head), run by
-  PyTorch's own fused attention on a free view, returning its output and LSE: on CUDA the memory-efficient
-  kernel (``aten::_efficient_attention_forward``; it beat flash and cuDNN on this problem on an H200,
+- **Row pass** (lead-major order): L independent T x T dense attentions per (batch, head), returning
+  output and LSE. On CUDA with 16-bit inputs and T ≤ 64 one Triton kernel per direction
+  (``kernels/cropa_row.py``: one program per (batch, lead, head) holds the whole T x T problem); otherwise
+  PyTorch's own fused attention on a free view: on CUDA the memory-efficient kernel
+  (``aten::_efficient_attention_forward``; it beat flash and cuDNN on this problem on an H200,
   ``benchmarks/results/h200-20261130/rowpass.txt``), on the CPU the CPU flash kernel.
 - **Column pass** (time-major order): T independent L x L attentions (a lead's own token excluded: it is
   in the row pass), merged with the row pass in place:
@@ -61,13 +63,93 @@ def _lse_rows(lse: torch.Tensor) -> torch.Tensor:
     return lse.flatten(0, 1)
 
 
+def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, head, token) strides of a (B, H, N, d) tensor; (batch, lead, head) of the (B, L, H, T_pad) LSE."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _launch(kernel, grid, args, kwargs) -> None:
+    with device_guard(args[0]):
+        kernel[grid](*args, **kwargs)
+
+
 # ---- row pass -----------------------------------------------------------------------------------------
 
-def row_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The row pass: out (B, H, N, d) over (B, N, H, d) memory and its natural-log LSE (B, L, H, T_pad)."""
+ROW_TRITON_MAX_SLOTS = 64
+"""The Triton row kernels hold a lead's whole T x T problem in one tile: T up to this."""
+
+ROW_KERNEL = {"choice": "auto"}
+"""The row pass's kernel on CUDA: "auto" (Triton where :func:`triton_rows` allows, else the library's),
+"triton" or "library" (the memory-efficient kernel); the benchmark sets it to time both."""
+
+
+def triton_rows(x: torch.Tensor, n_leads: int) -> bool:
+    """Whether the row pass runs as the Triton kernels for tensors like x (B, H, N, d): on CUDA, 16-bit,
+    T ≤ :data:`ROW_TRITON_MAX_SLOTS`, d ≤ 128 (and ``ROW_KERNEL`` allows)."""
+    if not x.is_cuda or ROW_KERNEL["choice"] == "library":
+        return False
+    return (x.dtype in (torch.float16, torch.bfloat16) and x.shape[-2] // n_leads <= ROW_TRITON_MAX_SLOTS
+            and x.shape[-1] <= 128)
+
+
+def _triton_kwargs(q: torch.Tensor, block_t: int) -> dict:
+    import triton
+
+    return dict(HEAD_DIM=q.shape[-1], BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
+                UPCAST=interpreter_active(), DOT_PRECISION="ieee")
+
+
+def row_block(n_slots: int) -> int:
+    import triton
+
+    return max(16, triton.next_power_of_2(n_slots))
+
+
+def row_fwd_launch(q, k, v, out, lse, n_leads: int, scale: float):
+    """(kernel, grid, args, kwargs) of the Triton row pass (also what ``ecg_jepa.kernel_report`` compiles)."""
+    from ecg_jepa.kernels.cropa_row import cropa_row_fwd_kernel
+
+    from .triton import LOG2E
+
     b, h, n, d = q.shape
     t = n // n_leads
+    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse),
+            h, n_leads, t, scale * LOG2E)
+    return cropa_row_fwd_kernel, (b * n_leads * h,), args, dict(**_triton_kwargs(q, row_block(t)), num_warps=4)
+
+
+def row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads: int, scale: float):
+    """(kernel, grid, args, kwargs) of the Triton row backward."""
+    from ecg_jepa.kernels.cropa_row import cropa_row_bwd_kernel
+
+    from .triton import LOG2E
+
+    b, h, n, d = q.shape
+    t = n // n_leads
+    args = (q, k, v, out, grad_out, lse, dq, dk, dv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
+            *_strides(dq), *_strides(dk), *_strides(dv), *_strides(lse), h, n_leads, t, scale, scale * LOG2E)
+    return cropa_row_bwd_kernel, (b * n_leads * h,), args, dict(**_triton_kwargs(q, row_block(t)), num_warps=8)
+
+
+def row_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float,
+                rows: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row pass: out (B, H, N, d) over (B, N, H, d) memory and its natural-log LSE (B, L, H, T_pad).
+    ``rows``: "triton" or "library" (default: :func:`triton_rows`)."""
+    b, h, n, d = q.shape
+    t = n // n_leads
+    if triton_rows(q, n_leads) if rows is None else rows == "triton":
+        q, k, v = (_unit_last(x) for x in (q, k, v))
+        out = token_major(b, h, n, d, q)
+        lse = q.new_empty((b, n_leads, h, padded_slots(t)), dtype=torch.float32)
+        if t % LSE_ALIGN:
+            lse[..., t:] = float("inf")
+        _launch(*row_fwd_launch(q, k, v, out, lse, n_leads, scale))
+        return out, lse
     qr, kr, vr = (bmhk(x, n_leads) for x in (q, k, v))
     if q.is_cuda:
         out, lse = torch.ops.aten._efficient_attention_forward(
@@ -88,11 +170,16 @@ def row_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int,
 
 
 def row_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                 lse: torch.Tensor, n_leads: int, scale: float) -> tuple[torch.Tensor, ...]:
+                 lse: torch.Tensor, n_leads: int, scale: float, rows: str | None = None) -> tuple[torch.Tensor, ...]:
     """The row pass's (dq, dk, dv), each (B, H, N, d) over (B, N, H, d) memory, from the final output
     ``out`` and merged ``lse`` (so P and D are the joint softmax's)."""
     b, h, n, d = q.shape
     t = n // n_leads
+    if triton_rows(q, n_leads) if rows is None else rows == "triton":
+        grad_out, q, k, v = (_unit_last(x) for x in (grad_out, q, k, v))
+        dq, dk, dv = (token_major(b, h, n, d, q) for _ in range(3))
+        _launch(*row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale))
+        return dq, dk, dv
     qr, kr, vr, outr, gr = (bmhk(x, n_leads) for x in (q, k, v, out, grad_out))
     if q.is_cuda:
         unused = q.new_empty((), dtype=torch.int64)  # philox seed and offset: read only with dropout
@@ -164,15 +251,6 @@ def column_backward_torch(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tens
 
 # ---- column pass, Triton ------------------------------------------------------------------------------
 
-def _strides(x: torch.Tensor) -> tuple[int, int, int]:
-    """(batch, head, token) strides of a (B, H, N, d) tensor; (batch, lead, head) of the (B, L, H, T_pad) LSE."""
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def column_launch(q: torch.Tensor, n_leads: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_D, LANES, programs) of the column kernels for q's shape."""
     import triton
@@ -216,11 +294,6 @@ def column_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads: int, sca
     return cropa_col_bwd_kernel, (programs,), args, kwargs
 
 
-def _launch(kernel, grid, args, kwargs) -> None:
-    with device_guard(args[0]):
-        kernel[grid](*args, **kwargs)
-
-
 def column_merge_triton(q, k, v, out, lse, n_leads: int, scale: float) -> None:
     """:func:`column_merge_torch` as one Triton kernel (``kernels/cropa_col.py``)."""
     q, k, v = (_unit_last(x) for x in (q, k, v))
@@ -243,20 +316,21 @@ def triton_columns(x: torch.Tensor) -> bool:
 # ---- the op ---------------------------------------------------------------------------------------------
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float,
-            columns: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            columns: str | None = None, rows: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CroPA attention: out (B, H, N, d) over (B, N, H, d) memory and the merged LSE (B, L, H, T_pad).
-    ``columns``: "triton" or "torch" (default: Triton on CUDA, torch on the CPU)."""
-    out, lse = row_forward(q, k, v, n_leads, scale)
+    ``columns``: "triton" or "torch" (default: :func:`triton_columns`); ``rows``: "triton" or "library"
+    (default: :func:`triton_rows`)."""
+    out, lse = row_forward(q, k, v, n_leads, scale, rows)
     use_triton = triton_columns(q) if columns is None else columns == "triton"
     (column_merge_triton if use_triton else column_merge_torch)(q, k, v, out, lse, n_leads, scale)
     return out, lse
 
 
 def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-             lse: torch.Tensor, n_leads: int, scale: float, columns: str | None = None
+             lse: torch.Tensor, n_leads: int, scale: float, columns: str | None = None, rows: str | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), each (B, H, N, d) over (B, N, H, d) memory."""
-    dq, dk, dv = row_backward(grad_out, q, k, v, out, lse, n_leads, scale)
+    dq, dk, dv = row_backward(grad_out, q, k, v, out, lse, n_leads, scale, rows)
     use_triton = triton_columns(q) if columns is None else columns == "triton"
     (column_backward_triton if use_triton else column_backward_torch)(
         grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale)
