@@ -173,6 +173,10 @@ def _measure(row: Row, impl: str, shape: AttnShape, qkv: torch.Tensor, g: torch.
         row.extra["fwd_bwd"] = f"n/a: {train_reason}"
         return
     leaf = qkv.detach().requires_grad_()
+    if impl in ROW_PASS:  # its output is the (B·L, H, T, d) view
+        from ecg_jepa.ops.cropa.split import bmhk
+
+        g = bmhk(g, shape.leads).transpose(1, 2)
 
     def step():
         fn(*leaf.permute(2, 0, 3, 1, 4), shape.leads).backward(g)

@@ -5,13 +5,14 @@
 # core (about 5 minutes, every step with its own limit): install (no downloads); the CroPA attention
 #       benchmark at the four goal shapes (sdpa + mask, dense flash, triton, split with its Triton row kernels
 #       and with the memory-efficient one, and the row pass alone with each of PyTorch's kernels), parity-
-#       checked first; auto's table for this card written from it
-#       ($OUT/measured.json: copy it to ecg_jepa/ops/cropa/measured.json); a torch.profiler table of the vit-b
-#       training step as auto now runs it; the GPU tests of the attention ops and the model; the training step
-#       with auto, sdpa and split.
-# more: the CUDA extension for this GPU, every GPU test, patch embedding and encoder block benchmarks, the
-#       Triton tuning sweep, the training step's other variants (compiled, triton, reference), the CLI/README
-#       tests, `ecg-jepa pretrain` end to end and compute-sanitizer over the fused backends.
+#       checked first; auto's table for this card written from it (for the steps after it; commit the result
+#       and re-run `python -m ecg_jepa.benchmarks.auto_table` on it here); torch.profiler tables of the vit-b
+#       training step as auto now runs it and with split everywhere; the GPU tests of the attention ops and
+#       the model; the training step with auto, sdpa and split.
+# more (about 7 minutes): the CUDA extension for this GPU, every GPU test, patch embedding and encoder block
+#       benchmarks, the Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and
+#       compute-sanitizer over the fused backends. (The compiled, triton and reference training steps:
+#       `ecg-jepa bench --only train-step`, about 2 minutes, when a session has the time.)
 # Benchmark rows and test outcomes are printed as they come, so a step cut short by its limit still shows
 # what it measured. Files in $OUT (at most 8). Commit what it measured under benchmarks/results/ with the
 # device, versions and commit.
@@ -63,14 +64,14 @@ core() {
     --only attention --budget 0.2
   step "auto's table for this card (from the benchmark just run)"
   [ -f "$OUT/kernels.json" ] && python3 -m ecg_jepa.benchmarks.auto_table "$OUT/kernels.json" \
-    --source benchmarks/results/RESULTS/bench-kernels.json && cp ecg_jepa/ops/cropa/measured.json "$OUT/measured.json"
+    --source "(re-run auto_table on the committed result)"
   python3 -m ecg_jepa backends --batch 64 --heads 16 --leads 8 --head-dim 48 --dtype bf16 --grad 2>&1 | head -4
-  step "profile: the vit-b training step as auto runs it (eager)"
-  timeout 70 python3 -m ecg_jepa.benchmarks.profile_step --out "$OUT/profile-eager.md" | head -40
+  step "profile: the vit-b training step as auto runs it, and with split everywhere (eager)"
+  timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --out "$OUT/profile-eager.md" | head -14
+  timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --attn split --out "$OUT/profile-split.md" | head -14
   step "GPU tests: split, triton and the dispatcher; the model and the training blocks with each"
   timeout 90 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_model.py tests/test_train.py \
-    -k "split or triton_fp32 or triton_low or dispatch or committed or backends_match or compiled_blocks or warms" \
-    > "$OUT/pytest-gpu.txt" 2>&1
+    -k "split or dispatch or committed or backends_match or compiled_blocks or warms" > "$OUT/pytest-gpu.txt" 2>&1
   echo "pytest exit $?"; failures "$OUT/pytest-gpu.txt"
   step "benchmark: the training step (vit-b, B=64, bf16, eager): auto, sdpa, split"
   bench train-step 60 --only train-step --backends sdpa,split --budget 0.3

@@ -17,8 +17,8 @@ from .bench_train_step import make_step
 from .timing import machine
 
 GROUPS = (  # first match wins; matched against the lower-cased kernel name
-    ("attention backward", r"cutlassb|attention_backward|flash_bwd|bwd_kernel|cropa_col_bwd|cropa_bwd"),
-    ("attention forward", r"cutlassf|fmha|attention|flash|cropa|efficient"),
+    ("attention backward", r"cutlassb|attention_backward|flash_bwd|bprop|bwd_kernel|cropa_col_bwd|cropa_bwd"),
+    ("attention forward", r"cutlassf|fmha|attention|flash|fprop|cropa|efficient"),
     ("GEMM", r"gemm|nvjet|xmma|cutlass|cublas|sm90_|sm80_|matmul|wgmma"),
     ("EMA", r"lerp"),
     ("optimizer", r"adam|multi_tensor_apply"),
@@ -63,11 +63,11 @@ def summary(kernels: dict[str, list[float]], steps: int, wall_ms: float, title: 
     return "\n".join(lines) + "\n"
 
 
-def profile(preset: str, batch: int, compiled: bool, steps: int = 5) -> str:
+def profile(preset: str, batch: int, compiled: bool, steps: int = 5, attn: str = "auto") -> str:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     device = torch.device("cuda")
-    step = make_step(preset, batch, device, torch.bfloat16, "auto", compiled)
+    step = make_step(preset, batch, device, torch.bfloat16, attn, compiled)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
@@ -81,7 +81,7 @@ def profile(preset: str, batch: int, compiled: bool, steps: int = 5) -> str:
             step()
         torch.cuda.synchronize()
     info = machine(device)
-    title = (f"Training step profile: {preset}, B={batch}, multi-block masks, bf16, attention auto, "
+    title = (f"Training step profile: {preset}, B={batch}, multi-block masks, bf16, attention {attn}, "
              f"{'block stacks compiled' if compiled else 'eager'}")
     provenance = (f"{info['device']}, torch {info['torch']}, triton {info['triton']}, commit {info['commit']}, "
                   f"{time.strftime('%Y-%m-%d')}; {steps} steps timed, then {steps} profiled.")
@@ -94,11 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--compiled", action="store_true", help="compile the block stacks first")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--attn", default="auto", help="the attention backend of every block (default: auto)")
     parser.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("profile_step needs a CUDA GPU")
-    text = profile(args.preset, args.batch, args.compiled, args.steps)
+    text = profile(args.preset, args.batch, args.compiled, args.steps, args.attn)
     args.out.write_text(text)
     print(text)
 
