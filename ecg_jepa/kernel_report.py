@@ -18,7 +18,6 @@ instructions.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import json
 import os
@@ -185,7 +184,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def attention_cases(arch: int):
     """(kernel, args, kwargs, config, wide-side lines, needs_wide) for the CroPA kernels at the benchmark
-    configurations for sm_``arch``: bf16 d=48 at every slot tile (with the gathered-column forward); every
+    configurations for sm_``arch``: bf16 d=48 at every slot tile; every
     dtype at d = 48, 64, 128 with the paper's T."""
     from ecg_jepa.kernels.cropa_common import load_rows, store_rows
     from ecg_jepa.ops.cropa import triton as launch
@@ -209,10 +208,6 @@ def attention_cases(arch: int):
         kernel, _, args, kwargs = launch.bwd_launch(grads[0], q, k, v, out, lse, torch.empty_like(lse), *grads[1:],
                                                     n_leads, d ** -0.5, cfg)
         yield kernel, args, kwargs, f"{desc} tile {cfg.bwd_block_t} warps {cfg.bwd_num_warps}", wide, needs
-        if dtype == torch.bfloat16 and d == 48:  # the gathered-column forward, a tuning choice (Config.gather)
-            gathered = dataclasses.replace(cfg, gather=True)
-            kernel, _, args, kwargs = launch.fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5, gathered)
-            yield kernel, args, kwargs, f"{desc} key block {cfg.block_t} warps {cfg.num_warps}", wide, needs
 
 
 def column_cases():

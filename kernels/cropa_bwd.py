@@ -13,18 +13,13 @@ One program owns a (batch, head):
    - dk and dv of the block's keys: the row part against the lead's query blocks, then the column part,
      query (m, t) of every other lead m.
 
-PREFETCH (a tuning choice, as in the forward): the column loops issue lead m+1's rows before working on
-lead m's.
-
 Every gradient row is written once, by the program that owns it. Layout as the forward's; LSE and Delta
 (B, H, N) fp32 contiguous. Scores in base 2: ``qk_scale = scale·log2(e)``, LSE converted on load.
 """
 import triton
 import triton.language as tl
 
-from .cropa_common import first_prefetch, lead_rows, load_rows, store_rows
-
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+from .cropa_common import LOG2E, load_rows, store_rows
 
 
 @triton.jit(do_not_specialize=["L", "T"])
@@ -34,7 +29,7 @@ def cropa_bwd_kernel(
     sdqb, sdqh, sdqn, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
     H, L, T, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -87,12 +82,10 @@ def cropa_bwd_kernel(
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         qf = q.to(tl.float32)
         dof = do.to(tl.float32)
-        k_next = first_prefetch(k_base, lead, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
-        v_next = first_prefetch(v_base, lead, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
         for j in range(1, L):
             m = (lead + j) % L
-            k_m, k_next = lead_rows(k_base, k_next, m, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
-            v_m, v_next = lead_rows(v_base, v_next, m, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
+            k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
+            v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
             p = tl.where(t_ok, tl.exp2(tl.sum(qf * k_m, 1) * qk_scale - lse), 0.0)
             ds = p * (tl.sum(dof * v_m, 1) - delta)
             dq += ds[:, None] * k_m
@@ -118,12 +111,10 @@ def cropa_bwd_kernel(
             dk += tl.dot(dst.to(q_i.dtype), q_i, input_precision=DOT_PRECISION)
         kf = k.to(tl.float32)
         vf = v.to(tl.float32)
-        q_next = first_prefetch(q_base, lead, L, T, slots, sqn, offs_d, t_ok, d_ok, PREFETCH)
-        do_next = first_prefetch(do_base, lead, L, T, slots, sdon, offs_d, t_ok, d_ok, PREFETCH)
         for j in range(1, L):
             m = (lead + j) % L
-            q_m, q_next = lead_rows(q_base, q_next, m, L, T, slots, sqn, offs_d, t_ok, d_ok, PREFETCH)
-            do_m, do_next = lead_rows(do_base, do_next, m, L, T, slots, sdon, offs_d, t_ok, d_ok, PREFETCH)
+            q_m = load_rows(q_base, m * T + slots, sqn, offs_d, t_ok, d_ok, True)
+            do_m = load_rows(do_base, m * T + slots, sdon, offs_d, t_ok, d_ok, True)
             lse_m = tl.load(lse_base + m * T + slots, mask=t_ok, other=0.0) * LOG2E
             delta_m = tl.load(delta_base + m * T + slots, mask=t_ok, other=0.0)
             p = tl.where(t_ok, tl.exp2(tl.sum(q_m * kf, 1) * qk_scale - lse_m), 0.0)

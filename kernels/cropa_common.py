@@ -36,27 +36,6 @@ def pick(tile, lanes, m):
 
 
 @triton.jit
-def first_prefetch(base, lead, L, T, slots, stride_n, offs_d, row_ok, d_ok, PREFETCH: tl.constexpr):
-    """What a column loop over leads lead+1, lead+2, ... (mod L) starts from: with PREFETCH, lead+1's rows
-    (issued now, waited for in the loop's first iteration); without, a placeholder."""
-    if PREFETCH:
-        return load_rows(base, ((lead + 1) % L) * T + slots, stride_n, offs_d, row_ok, d_ok, False)
-    else:
-        return 0.0
-
-
-@triton.jit
-def lead_rows(base, prefetched, m, L, T, slots, stride_n, offs_d, row_ok, d_ok, PREFETCH: tl.constexpr):
-    """Lead m's rows at ``slots`` in fp32, and what the next iteration starts from. With PREFETCH they were
-    loaded one iteration ahead (``prefetched``) and lead m+1's are issued now, before the caller works on
-    lead m's: a program then waits for one round trip per loop, not one per lead."""
-    if PREFETCH:
-        return prefetched.to(tl.float32), load_rows(base, ((m + 1) % L) * T + slots, stride_n, offs_d, row_ok, d_ok, False)
-    else:
-        return load_rows(base, m * T + slots, stride_n, offs_d, row_ok, d_ok, True), prefetched
-
-
-@triton.jit
 def row_block(q, k, v, key_ok, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
     """One block of the row part's keys through FlashAttention's online softmax (base 2): the running
     maximum, sum and output (m_i, l_i, acc) of the query rows q after keys k (values v), ``key_ok`` masking

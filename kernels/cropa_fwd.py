@@ -14,17 +14,13 @@ them in L2). For each of its leads and each block of BLOCK_T query slots:
 3. the column probabilities under the final maximum, and their values: one fp32 multiply-add of lead
    m's value rows per other lead.
 
-PREFETCH (a tuning choice): the column loops issue lead m+1's rows before working on lead m's, so a
-program waits for one load round trip per loop instead of one per lead (the column loops are chains of
-dependent L2 round trips otherwise); lead 1's value rows are issued before the row part.
-
 Outputs: O (B, H, N, d) in the input dtype and the merged natural-log LSE (B, H, N) fp32 for the
 backward. The kernel works in base 2: the host passes ``qk_scale = scale·log2(e)``.
 """
 import triton
 import triton.language as tl
 
-from .cropa_common import finish_rows, first_prefetch, lead_rows, load_rows, pick, row_block
+from .cropa_common import finish_rows, load_rows, pick, row_block
 
 
 @triton.jit(do_not_specialize=["L", "T"])
@@ -33,7 +29,7 @@ def cropa_fwd_kernel(
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     H, L, T, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr,
-    LEADS_PER_PROGRAM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
+    LEADS_PER_PROGRAM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     groups = tl.cdiv(L, LEADS_PER_PROGRAM)
     bh = tl.program_id(0) // groups
@@ -59,11 +55,9 @@ def cropa_fwd_kernel(
 
         # 1. Column scores: key (m, t) for every other lead m (m = lead + j mod L, j = 1..L-1).
         s_col = tl.full([BLOCK_T, LANES], float("-inf"), tl.float32)
-        k_next = first_prefetch(k_base, lead, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
-        v_next = first_prefetch(v_base, lead, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)  # used in 3.
         for j in range(1, L):
             m = (lead + j) % L
-            k_m, k_next = lead_rows(k_base, k_next, m, L, T, slots, skn, offs_d, t_ok, d_ok, PREFETCH)
+            k_m = load_rows(k_base, m * T + slots, skn, offs_d, t_ok, d_ok, True)
             s = tl.sum(qf * k_m, 1) * qk_scale
             s_col = tl.where(lanes[None, :] == m, s[:, None], s_col)
         m_i = tl.max(s_col, 1)  # -inf with one lead
@@ -84,7 +78,7 @@ def cropa_fwd_kernel(
         l_i += tl.sum(p_col, 1)
         for j in range(1, L):
             m = (lead + j) % L
-            v_m, v_next = lead_rows(v_base, v_next, m, L, T, slots, svn, offs_d, t_ok, d_ok, PREFETCH)
+            v_m = load_rows(v_base, m * T + slots, svn, offs_d, t_ok, d_ok, True)
             acc += pick(p_col, lanes, m)[:, None] * v_m
 
         finish_rows(o_base, LSE + bh * L * T, lead * T + slots, son, offs_d, t_ok, d_ok, acc, l_i, m_i)

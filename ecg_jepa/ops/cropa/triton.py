@@ -38,13 +38,6 @@ class Config:
     bwd_num_warps: int
     upcast: bool
     dot_precision: str
-    prefetch: bool = False
-    """Column loops issue the next lead's rows before working on the current one's (kernels' PREFETCH):
-    off until ``tune_cropa`` measures it faster on a GPU."""
-    gather: bool = False
-    """Forward with the column part gathered (``kernels/cropa_fwd_gather.py``: one program per (batch,
-    head, lead, 16 query slots), every lead's column rows in one load, tensor-core products); ``block_t``
-    then sizes the row part's key blocks. Off until ``tune_cropa`` measures it faster on a GPU."""
 
 
 def slot_tile(n_slots: int, largest: int = SLOT_TILES[-1]) -> int:
@@ -106,27 +99,17 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-GATHER_SLOTS = 16
-"""Query slots per program of the gathered-column forward (its column tiles hold LANES x 16 rows)."""
-
-
 def fwd_launch(q, k, v, out, lse, n_leads: int, scale: float, cfg: Config):
     """(kernel, grid, args, kwargs) of the forward launch (also what ``ecg_jepa.kernel_report`` compiles)."""
     from ecg_jepa.kernels.cropa_fwd import cropa_fwd_kernel
-    from ecg_jepa.kernels.cropa_fwd_gather import cropa_fwd_gather_kernel
 
     b, h, n, d = q.shape
     groups = triton.cdiv(n_leads, cfg.leads_per_program)
     args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             h, n_leads, n // n_leads, scale * LOG2E)
-    if cfg.gather:
-        kwargs = dict(HEAD_DIM=d, BLOCK_T=GATHER_SLOTS, BLOCK_K=cfg.block_t, BLOCK_D=cfg.block_d, LANES=cfg.lanes,
-                      UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision, num_warps=cfg.num_warps, num_stages=1)
-        grid = (b * h * n_leads * triton.cdiv(n // n_leads, GATHER_SLOTS),)
-        return cropa_fwd_gather_kernel, grid, args, kwargs
     kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, LANES=cfg.lanes,
                   LEADS_PER_PROGRAM=cfg.leads_per_program, UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision,
-                  PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=1)
+                  num_warps=cfg.num_warps, num_stages=1)
     return cropa_fwd_kernel, (b * h * groups,), args, kwargs
 
 
@@ -139,7 +122,7 @@ def bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads: int, sca
             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
             *_strides(dq), *_strides(dk), *_strides(dv), h, n_leads, n // n_leads, scale, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.bwd_block_t, BLOCK_D=cfg.block_d, UPCAST=cfg.upcast,
-                  DOT_PRECISION=cfg.dot_precision, PREFETCH=cfg.prefetch, num_warps=cfg.bwd_num_warps, num_stages=1)
+                  DOT_PRECISION=cfg.dot_precision, num_warps=cfg.bwd_num_warps, num_stages=1)
     return cropa_bwd_kernel, (b * h,), args, kwargs
 
 
