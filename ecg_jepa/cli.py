@@ -56,11 +56,12 @@ def _pretrain(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
     )
     out = Path(args.out)
-    say(f"pretraining ECG-JEPA '{cfg.preset}' on {len(data)} {what}: {cfg.steps} steps of {cfg.batch_size} "
-        f"({cfg.steps / plan.per_epoch:.1f} epochs), {cfg.mask} masks, lr {cfg.lr:g}, {cfg.precision}, "
-        f"{world.size} process(es) on {world.device} -> {out}/")
-    try:
-        model = pretrain(cfg, data, out, resume=args.resume, overwrite=args.overwrite, world=world, say=say)
+    banner = (f"pretraining ECG-JEPA '{cfg.preset}' on {len(data)} {what}: {cfg.steps} steps of {cfg.batch_size} "
+              f"({cfg.steps / plan.per_epoch:.1f} epochs), {cfg.mask} masks, lr {cfg.lr:g}, {cfg.precision}, "
+              f"{world.size} process(es) on {world.device} -> {out}/")
+    try:  # the banner comes once the run folder and a resumed checkpoint are accepted: a refused run never looks started
+        model = pretrain(cfg, data, out, resume=args.resume, overwrite=args.overwrite, world=world, say=say,
+                         banner=banner)
     except Preempted as e:
         say(f"ecg-jepa pretrain: {e}")
         return 128 + e.signum
@@ -93,7 +94,8 @@ def _prepare_data(args: argparse.Namespace) -> int:
     counts = prepare_data(args.src, args.out, options, workers=args.workers, shard_size=args.shard_size)
     print(f"{args.out}: {counts['prepared']} records prepared, {counts['failed']} failed"
           + (f" (file and reason of each in {args.out}/failures.jsonl)" if counts["failed"] else "")
-          + f", {counts['skipped']} already done")
+          + f", {counts['skipped']} already done" + (f" ({counts['retried']} earlier failures tried again)"
+                                                      if counts.get("retried") else ""))
     return 1 if counts["failed"] else 0
 
 

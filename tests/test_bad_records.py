@@ -58,8 +58,8 @@ def make_corpus(folder: Path) -> dict[str, str]:
     bad["code15_bad_rate.mat"] = "sampling rate"
     _npy(folder, "nan", np.where(np.arange(5000) == 7, np.nan, ecg).astype(np.float32), meta)
     bad["nan.npy"] = "NaN"
-    _npy(folder, "short", ecg[:, :1000], meta)
-    bad["short.npy"] = "shorter than"
+    _npy(folder, "few_samples", ecg[:, :1000], meta)
+    bad["few_samples.npy"] = "shorter than"
     _npy(folder, "lead_count", ecg[:8], meta)
     bad["lead_count.npy"] = "shape"
     _npy(folder, "bad_json", ecg, "{not json")
@@ -163,5 +163,5 @@ def _state(pid: int) -> str:
 def test_prepare_data_function_reports_counts(tmp_path):
     bad = make_corpus(tmp_path / "src")
     counts = prepare_data(tmp_path / "src", tmp_path / "out", workers=1, progress=False)
-    assert counts == {"prepared": len(GOOD), "failed": len(bad), "skipped": 0}
+    assert counts == {"prepared": len(GOOD), "failed": len(bad), "skipped": 0, "retried": 0}
     assert torch.is_tensor(torch.as_tensor(np.load(tmp_path / "out" / "shard-00000.npy")))

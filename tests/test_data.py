@@ -115,8 +115,16 @@ def test_malformed_truncated_and_empty_files(tmp_path):
                 write_dir=str(tmp_path))
     data = tmp_path / "cut.dat"
     data.write_bytes(data.read_bytes()[:500])
-    with pytest.raises(RecordError, match="cut.hea"):
+    with pytest.raises(RecordError, match=r"cut.hea: the signal file cut.dat is shorter than its header declares "
+                                          r"\(500 bytes, 2,000 needed for 1,000 samples\)"):
         read_record(tmp_path / "cut.hea")
+    data.write_bytes(b"")
+    with pytest.raises(RecordError, match="the signal file cut.dat is empty"):
+        read_record(tmp_path / "cut.hea")
+    (tmp_path / "lone.dat").write_bytes(b"")  # a signal file without a header: listed as a failure, not ignored
+    with pytest.raises(RecordError, match="lone.dat: a WFDB signal file without its header lone.hea"):
+        read_record(tmp_path / "lone.dat")
+    assert "lone.dat" in {item.key for item in find_records(tmp_path)}
     (tmp_path / "x.mat").write_bytes(b"garbage")
     with pytest.raises(RecordError, match="unreadable MATLAB"):
         read_record(tmp_path / "x.mat")
@@ -181,7 +189,7 @@ def test_shards_round_trip_resume_and_failures(tmp_path, seed):
                     p_signal=rng.normal(0, 0.3, size=(500 * secs, 12)), fmt=["16"] * 12, write_dir=str(src))
     out = tmp_path / "out"
     counts = prepare_data(src, out, workers=2, shard_size=3, progress=False)
-    assert counts == {"prepared": 6, "failed": 1, "skipped": 0}
+    assert counts == {"prepared": 6, "failed": 1, "skipped": 0, "retried": 0}
     failures = [json.loads(line) for line in open(out / "failures.jsonl")]
     assert failures[0]["key"] == "r3.hea" and "shorter than" in failures[0]["reason"]
     ds = ShardDataset(out)
@@ -192,8 +200,14 @@ def test_shards_round_trip_resume_and_failures(tmp_path, seed):
     # Interrupted run: a shard written but not in the manifest is a leftover, re-done on the next run.
     (out / "manifest.jsonl").write_text("".join(open(out / "manifest.jsonl").readlines()[:3]) + '{"key": "r4')
     again = prepare_data(src, out, workers=1, shard_size=3, progress=False)
-    assert again == {"prepared": 3, "failed": 0, "skipped": 4}
+    assert again == {"prepared": 3, "failed": 1, "skipped": 3, "retried": 1}  # r3 tried again, still too short
     assert len(ShardDataset(out)) == 6
+    # A failed record that was fixed is prepared on the next run (earlier failures were never retried).
+    wfdb.wrsamp("r3", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_12),
+                p_signal=rng.normal(0, 0.3, size=(5000, 12)), fmt=["16"] * 12, write_dir=str(src))
+    fixed = prepare_data(src, out, workers=1, shard_size=3, progress=False)
+    assert fixed == {"prepared": 1, "failed": 0, "skipped": 6, "retried": 1}
+    assert len(ShardDataset(out)) == 7 and (out / "failures.jsonl").read_text() == ""
     with pytest.raises(ValueError, match="other options"):
         prepare_data(src, out, PrepareOptions(zscore=True), workers=1, progress=False)
 

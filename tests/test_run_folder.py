@@ -83,6 +83,8 @@ def test_killed_run_resumes_bit_identical(tmp_path, uninterrupted, kill_step, si
         for key, value in uninterrupted[part].items():
             assert torch.equal(value, final[part][key]), f"{part}.{key}"
     assert _logged_steps(out) == list(range(12))  # every step once: no gap, no duplicate
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["steps_this_process"] <= 12  # the run's steps, not the last process's
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
@@ -94,6 +96,15 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
         assert f"PID {os.getpid()}" in result.stderr and "in use" in result.stderr and "Traceback" not in result.stderr
     finally:
         holder.unlock()
+
+
+def test_a_refused_run_never_prints_its_start_banner(tmp_path):
+    """The banner comes after the folder's checks: a refusal is the only line (it used to follow a banner
+    that made the refused run look started)."""
+    first = _cli(tmp_path, "--steps", "1")
+    assert first.returncode == 0 and "pretraining ECG-JEPA" in first.stdout, first.stderr[-2000:]
+    refused = _cli(tmp_path, "--steps", "1")
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "pretraining ECG-JEPA" not in refused.stdout
 
 
 def test_a_folder_with_a_run_needs_resume_or_overwrite(tmp_path):
@@ -134,6 +145,11 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
     assert state["step"] == 2
     assert "checkpoint.pt" in said[0] and ("truncated" in said[0] or "empty" in said[0])
     assert "checkpoint.prev.pt (step 2)" in said[0]
+    # the damaged file is moved aside: the next save keeps the good one as the fallback (it used to rotate
+    # the damaged latest into checkpoint.prev.pt and delete the only readable checkpoint)
+    assert (tmp_path / "checkpoint.pt.damaged").exists() and not latest.exists()
+    folder.save({**state, "step": 3})
+    assert [torch.load(p, weights_only=True)["step"] for p in folder.checkpoints()] == [3, 2]
 
 
 def test_no_readable_checkpoint_is_one_clear_error(tmp_path):

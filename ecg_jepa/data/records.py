@@ -91,6 +91,9 @@ def _read_any(path: Path) -> Record:
     header = path.with_suffix(".hea") if suffix in (".hea", ".dat", ".mat", "") or not path.exists() else None
     if header is not None and header.exists():
         return _read_wfdb(header)
+    if suffix == ".dat" and path.exists():
+        raise RecordError(f"{path}: a WFDB signal file without its header {header.name} (sampling rate, leads and "
+                          "gains are in the header)")
     if not path.exists() and not (header and header.exists()):
         raise RecordError(f"{path}: no such record (looked for the file and for {path.with_suffix('.hea').name})")
     raise RecordError(f"{path}: unknown ECG format '{suffix}' (readable: WFDB .hea/.dat/.mat, CPSC/CODE-15 .mat, .npy)")
@@ -133,6 +136,36 @@ def _parse_comments(comments: list[str]) -> dict:
     if diagnoses:
         labels["diagnoses"] = diagnoses
     return labels
+
+
+BYTES_PER_SAMPLE = {"8": 1, "16": 2, "61": 2, "80": 1, "160": 2, "24": 3, "32": 4, "212": 1.5}
+"""Bytes per sample of the WFDB signal formats with a fixed sample size."""
+
+
+def _short_signal_file(header: Path, text: str) -> str | None:
+    """Why the signal files a header names are too short for it (empty, or fewer bytes than its sample count
+    needs), or None when they are not (or the header does not say enough to tell)."""
+    lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        n_samples = int(lines[0][3])
+    except (IndexError, ValueError):
+        return None
+    per_file: dict[str, float] = {}
+    for fields in lines[1:]:
+        if len(fields) < 2:
+            continue
+        fmt = fields[1].split("x")[0].split(":")[0].split("+")[0]
+        if fmt not in BYTES_PER_SAMPLE:
+            return None
+        per_file[fields[0]] = per_file.get(fields[0], 0) + BYTES_PER_SAMPLE[fmt]
+    for name, width in per_file.items():
+        path = header.parent / name
+        if path.exists() and path.stat().st_size < n_samples * width:
+            size = path.stat().st_size
+            return (f"the signal file {name} is empty" if size == 0 else
+                    f"the signal file {name} is shorter than its header declares ({size:,} bytes, "
+                    f"{int(n_samples * width):,} needed for {n_samples:,} samples)")
+    return None
 
 
 def _sanitized_header(header: Path, text: str) -> tuple[str, dict] | None:
@@ -188,6 +221,9 @@ def _read_wfdb(header: Path) -> Record:
                         os.symlink(target.resolve(), Path(tmp) / data)
                 rec = wfdb.rdrecord(str(copy.with_suffix("")))
     except Exception as e:  # wfdb raises many types for malformed or truncated files
+        short = _short_signal_file(header, text)
+        if short:
+            raise RecordError(f"{header}: {short}") from None
         raise RecordError(f"{header}: unreadable WFDB record ({type(e).__name__}: {e})") from None
     if rec.p_signal is None:
         raise RecordError(f"{header}: WFDB record has no signal")

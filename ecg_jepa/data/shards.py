@@ -7,7 +7,8 @@ Layout of OUT:
 - ``manifest.jsonl``: one line per stored record (key, id, source, shard, offset, labels), appended only
   after its shard is in place, so a shard the manifest does not name is an interrupted leftover;
 - ``failures.jsonl``: one line per record that could not be prepared, with the reason.
-A re-run skips every key already in the manifest or the failures and writes new shards after the last.
+A re-run skips every key already in the manifest, tries the earlier failures again (a fixed file is then
+prepared) and writes new shards after the last.
 """
 from __future__ import annotations
 
@@ -128,15 +129,20 @@ def prepare_data(
     shard_size: int = 4096,
     progress: bool = True,
 ) -> dict:
-    """Prepare every record of ``src`` into shards under ``out`` (resuming a previous run); return counts."""
+    """Prepare every record of ``src`` into shards under ``out`` (resuming a previous run, earlier failures
+    tried again); return counts (prepared, failed, skipped: already in the manifest, retried: earlier
+    failures tried again)."""
     out = Path(out)
     open_folder(out, options)
     manifest = _read_jsonl(out / "manifest.jsonl", repair=True)
     failures = _read_jsonl(out / "failures.jsonl", repair=True)
-    seen = {r["key"] for r in manifest} | {r["key"] for r in failures}
+    seen = {r["key"] for r in manifest}
     todo = [item for item in find_records(src) if item.key not in seen]
+    retried = {item.key for item in todo} & {r["key"] for r in failures}
+    kept = [r for r in failures if r["key"] not in retried]  # failures of records no longer in src stay listed
+    atomic_write(out / "failures.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in kept)))
     shard = 1 + max((r["shard"] for r in manifest), default=-1)
-    counts = {"prepared": 0, "failed": 0, "skipped": len(seen)}
+    counts = {"prepared": 0, "failed": 0, "skipped": len(seen), "retried": len(retried)}
     with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) if workers > 1 else _Serial() as pool, tqdm(
         total=len(todo), desc="prepare-data", unit="rec", disable=not progress
     ) as bar:

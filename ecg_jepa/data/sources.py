@@ -100,7 +100,7 @@ def find_records(src: str | os.PathLike) -> list[Item]:
         suffix = path.suffix.lower()
         take = (
             suffix == ".hea"
-            or (suffix == ".mat" and not path.with_suffix(".hea").exists())
+            or (suffix in (".mat", ".dat") and not path.with_suffix(".hea").exists())  # a lone .dat: a failure to list
             or (suffix == ".npy" and path.with_suffix(".json").exists())
         )
         if take:

@@ -36,7 +36,7 @@ from ..model.masks import multiblock_mask, random_mask
 from .distributed import World, barrier
 from .loader import StepBatches, step_loader, to_device
 from .metrics import bf16_peak_tflops, peak_memory_mb, step_flops
-from .run_folder import RunFolder
+from .run_folder import LOG as LOG_NAME, RunFolder
 from .schedule import cosine_lr, ema_momentum
 
 CKPT_FORMAT = "ecg-jepa-pretrain/1"
@@ -265,12 +265,13 @@ def _agree(world: World, device: torch.device, *flags: bool) -> list[bool]:
 
 def pretrain(
     cfg: PretrainConfig, data: Dataset, out: str | Path, resume: bool = False, progress: bool = True,
-    world: World = World(), overwrite: bool = False, say=print,
+    world: World = World(), overwrite: bool = False, say=print, banner: str | None = None,
 ) -> JEPA:
     """Train ``cfg.steps`` steps on ``data`` (items ``(x, ...)``, x (L, 2500)); checkpoints, ``log.jsonl``,
     ``curves.png`` and ``summary.json`` go to ``out`` (rank 0). A folder that holds a run needs ``resume``
-    (continue from its newest readable checkpoint) or ``overwrite``. Raises :class:`Preempted` after a
-    SIGTERM/SIGINT, once the checkpoint is written."""
+    (continue from its newest readable checkpoint) or ``overwrite``. ``banner`` is said once the run is
+    sure to start (after the folder and the resumed checkpoint's config are accepted). Raises
+    :class:`Preempted` after a SIGTERM/SIGINT, once the checkpoint is written."""
     folder = RunFolder(out)
     say = say if world.main else (lambda *a, **k: None)
     if world.main:
@@ -280,13 +281,13 @@ def pretrain(
         barrier(world)
         if not world.main and resume and folder.checkpoints():
             state = folder._read_latest(say)
-        return _train(cfg, data, folder, state, progress, world, say)
+        return _train(cfg, data, folder, state, progress, world, say, banner)
     finally:
         folder.unlock()
 
 
 def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | None, progress: bool, world: World,
-           say) -> JEPA:
+           say, banner: str | None = None) -> JEPA:
     device = world.device
     torch.manual_seed(cfg.seed)
     model = JEPA(cfg.preset, attn_backend=cfg.attn_backend).to(device)
@@ -294,6 +295,8 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
                             fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     start = _restore(state, model, opt, scaler, cfg, folder.path) if state is not None else 0
+    if banner:
+        say(banner)
     if world.main and state is not None:
         folder.truncate_log(start)
         say(f"resuming at step {start}")
@@ -409,15 +412,18 @@ def _write_rows(pending: list[tuple], elapsed: float, cfg: PretrainConfig, model
 
 
 def _write_summary(intervals: list[dict], cfg: PretrainConfig, device: torch.device, folder: RunFolder, say) -> None:
-    """Throughput over the run without its first interval (warm-up and compilation), MFU, peak memory."""
+    """Steps of the run (across resumes), and this process's throughput without its first interval (warm-up
+    and compilation), MFU, peak memory."""
     if not intervals:
         return
     steady = intervals[1:] or intervals
     steps = sum(i["steps"] for i in steady)
     seconds = sum(i["seconds"] for i in steady)
     mfus = [i["mfu"] * i["seconds"] for i in steady if i["mfu"] is not None]
+    logged = [json.loads(line)["step"] for line in (folder.path / LOG_NAME).read_text().splitlines() if line.strip()]
     summary = {
-        "steps": sum(i["steps"] for i in intervals), "ecg_per_s": cfg.batch_size * steps / seconds,
+        "steps": max(logged) + 1 if logged else 0,  # the run's, across resumes (each step is logged once)
+        "steps_this_process": sum(i["steps"] for i in intervals), "ecg_per_s": cfg.batch_size * steps / seconds,
         "step_ms": 1e3 * seconds / steps, "mfu": sum(mfus) / seconds if mfus else None,
         "peak_mem_mb": max(i["peak_mem_mb"] for i in intervals), "device": str(device),
         "precision": cfg.precision, "compile": cfg.compile, "batch_size": cfg.batch_size,

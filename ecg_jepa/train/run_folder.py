@@ -21,7 +21,8 @@ from ..errors import InputError
 
 LATEST, PREVIOUS, LOG, LOCK = "checkpoint.pt", "checkpoint.prev.pt", "log.jsonl", ".lock"
 NEW = ".checkpoint.new"  # complete, not yet renamed to LATEST (a kill between the two renames of a save)
-OUTPUTS = (NEW, LATEST, PREVIOUS, LOG, "curves.png", "encoder.pt")
+DAMAGED = ".damaged"  # suffix of an unreadable checkpoint moved aside by a resume
+OUTPUTS = (NEW, LATEST, PREVIOUS, LOG, "curves.png", "encoder.pt", *(name + DAMAGED for name in (NEW, LATEST, PREVIOUS)))
 
 
 class RunFolder:
@@ -89,16 +90,22 @@ class RunFolder:
         return self._read_latest(say)
 
     def _read_latest(self, say) -> dict:
-        """The newest readable checkpoint; a damaged latest one is named and the previous one used."""
-        problems = []
+        """The newest readable checkpoint; a damaged newer one is named, moved aside (``<name>.damaged``, so
+        the next save can never rotate it into the fallback) and the previous one used."""
+        problems, damaged = [], []
         for path in self.checkpoints():
             try:
                 state = load_torch(path, "pretraining checkpoint")
             except InputError as e:
                 problems.append(str(e))
+                damaged.append(path)
                 continue
+            for bad in damaged:
+                bad.replace(bad.with_name(bad.name + DAMAGED))
             if problems:
-                say(f"warning: {problems[0]}; resuming from {path.name} (step {state.get('step')}) instead")
+                moved = ", ".join(p.name + DAMAGED for p in damaged)
+                say(f"warning: {problems[0]}; resuming from {path.name} (step {state.get('step')}) instead "
+                    f"(kept as {moved})")
             return state
         raise InputError("no readable checkpoint to resume from: " + "; ".join(problems)
                          + " (pass --overwrite to start afresh)")
