@@ -7,7 +7,7 @@ import torch
 from ecg_jepa import CroPAAttention, cropa_attention, explain_backend
 from ecg_jepa.ops.cropa import DISPATCH
 from ecg_jepa.ops.cropa.testing import oracle, parity
-from ecg_jepa.ops.cropa.triton import cropa_triton_bwd, cropa_triton_fwd
+from ecg_jepa.ops.cropa.triton import cropa_triton_fwd
 from ecg_jepa.ops.layout import cropa_mask
 from ecg_jepa.ops.registry import InputSpec
 
@@ -146,12 +146,17 @@ def test_triton_lse_is_merged_logsumexp(seed, kernel_device):
     assert max_err(lse, scores.logsumexp(-1)) < 1e-5
 
 
-def test_triton_custom_ops_pass_opcheck(seed, kernel_device):
+@pytest.mark.parametrize("kind", ["triton", "split"])
+def test_fused_custom_ops_pass_opcheck(seed, kernel_device, kind):
+    import importlib
+
+    module = importlib.import_module(f"ecg_jepa.ops.cropa.{kind}")
+    fwd, bwd = getattr(module, f"cropa_{kind}_fwd"), getattr(module, f"cropa_{kind}_bwd")
     q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
     q, k, v = (x.to(kernel_device).requires_grad_() for x in (q, k, v))
-    torch.library.opcheck(cropa_triton_fwd, (q, k, v, 3, 0.25))
-    out, lse = cropa_triton_fwd(q, k, v, 3, 0.25)
-    torch.library.opcheck(cropa_triton_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, 3, 0.25))
+    torch.library.opcheck(fwd, (q, k, v, 3, 0.25))
+    out, lse = fwd(q, k, v, 3, 0.25)
+    torch.library.opcheck(bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, 3, 0.25))
 
 
 def test_torch_compile_traces_triton_op_fullgraph(seed, kernel_device):
@@ -276,16 +281,6 @@ def test_split_lse_is_merged_logsumexp(seed, kernel_device):
     scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~cropa_mask(4, 6), float("-inf"))
     want = scores.logsumexp(-1).reshape(1, 2, 4, 6).transpose(1, 2)  # (B, L, H, T)
     assert max_err(lse[..., :6], want) < 1e-5
-
-
-def test_split_custom_ops_pass_opcheck(seed, kernel_device):
-    from ecg_jepa.ops.cropa.split import cropa_split_bwd, cropa_split_fwd
-
-    q, k, v = inputs(1, 2, 3, 5, 16, torch.float32)
-    q, k, v = (x.to(kernel_device).requires_grad_() for x in (q, k, v))
-    torch.library.opcheck(cropa_split_fwd, (q, k, v, 3, 0.25))
-    out, lse = cropa_split_fwd(q, k, v, 3, 0.25)
-    torch.library.opcheck(cropa_split_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, 3, 0.25))
 
 
 def test_torch_compile_traces_split_op_fullgraph(seed, kernel_device):
