@@ -87,6 +87,34 @@ def test_killed_run_resumes_bit_identical(tmp_path, uninterrupted, kill_step, si
     assert summary["steps"] == 12 and summary["steps_this_process"] <= 12  # the run's steps, not the last process's
 
 
+GROUP_DRIVER = DRIVER.replace(  # the signal to the whole group, from outside the step: it lands mid-step
+    "os.kill(os.getpid(), sig)",
+    "__import__('threading').Timer(0.05, os.killpg, (os.getpgid(0), sig)).start()")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_checkpoints_and_resumes(tmp_path, uninterrupted, sig):
+    """SIGTERM or SIGINT to the run's whole process group (training process and its loader workers, as a
+    scheduler or a container stop sends it), landing mid-step: the step finishes, its checkpoint is
+    written, the run exits 128 + signal with no traceback, and resuming ends where the uninterrupted run
+    ends. The loader workers ignore the signal and are stopped by the training process."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["pretrain", *ARGS, "--out", str(out), "--workers", "2"]
+    killed = subprocess.run([sys.executable, "-c", GROUP_DRIVER, "6", str(int(sig)), *args], capture_output=True,
+                            text=True, env=env, timeout=600, start_new_session=True)
+    assert killed.returncode == 128 + sig, killed.stderr[-3000:]
+    assert "Traceback" not in killed.stderr and "checkpoint saved" in killed.stdout, killed.stderr[-3000:]
+    assert 7 <= torch.load(out / "checkpoint.pt", weights_only=True)["step"] < 12  # the step it landed in
+    resumed = _cli(out, "--resume", "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(out / "checkpoint.pt", weights_only=True)
+    for key, value in uninterrupted["encoder"].items():
+        assert torch.equal(value, final["encoder"][key]), key
+    assert _logged_steps(out) == list(range(12))
+
+
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     holder = RunFolder(tmp_path)
     holder.lock()
