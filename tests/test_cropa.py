@@ -1,6 +1,8 @@
 """CroPA attention: every backend against the float64 oracle, forward and gradients (the tolerance rule
 is ecg_jepa.ops.parity's; a failure prints max/mean errors of the backend and of the same-precision
 reference); the custom ops; the dispatcher's decisions, for a GPU described rather than present."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -437,6 +439,24 @@ def test_dispatch_decisions_for_described_inputs(spec, chosen, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(measured, "tables", lambda: (FAKE_TABLE,))
     assert DISPATCH.select(spec) == chosen, DISPATCH.explain(spec)
+
+
+def test_auto_reads_the_table_of_its_card_and_dtype(monkeypatch):
+    """Several tables of one GPU generation: the input's card and dtype decide; another dtype falls back to
+    bfloat16's order and says so."""
+    from ecg_jepa.ops.cropa import measured
+
+    other_card = {**FAKE_TABLE, "device": "card B", "shapes": [{**FAKE_TABLE["shapes"][0],
+                                                                "fwd_bwd": {"sdpa": 0.5, "split": 0.8}}]}
+    fp16 = {**FAKE_TABLE, "dtype": "float16", "shapes": [{**FAKE_TABLE["shapes"][0], "fwd_bwd": {"triton": 0.1}}]}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(measured, "tables", lambda: (FAKE_TABLE, fp16, other_card))
+    spec = _spec("cuda", torch.bfloat16)
+    assert DISPATCH.select(dataclasses.replace(spec, device_name="a card")) == "split"
+    assert DISPATCH.select(dataclasses.replace(spec, device_name="card B")) == "sdpa"
+    assert DISPATCH.select(dataclasses.replace(spec, dtype=torch.float16, device_name="a card")) == "triton"
+    text = DISPATCH.explain(dataclasses.replace(spec, dtype=torch.float32, device_name="a card"))
+    assert "no float32 table, bfloat16's order used" in text
 
 
 def test_auto_says_where_its_gpu_order_comes_from(monkeypatch):

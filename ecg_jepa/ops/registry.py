@@ -53,11 +53,13 @@ class InputSpec:
     needs_grad: bool = False
     capability: tuple[int, int] | None = None
     n_leads: int | None = None
+    device_name: str | None = None  # the GPU's name ("NVIDIA H200"), when there is one
 
     @classmethod
     def of(cls, x: torch.Tensor, needs_grad: bool = False, n_leads: int | None = None) -> "InputSpec":
         cap = tuple(torch.cuda.get_device_capability(x.device)) if x.is_cuda else None
-        return cls(x.device.type, x.dtype, tuple(x.shape), needs_grad, cap, n_leads)
+        name = torch.cuda.get_device_name(x.device) if x.is_cuda else None
+        return cls(x.device.type, x.dtype, tuple(x.shape), needs_grad, cap, n_leads, name)
 
     def __str__(self) -> str:
         where = self.device + (f" sm_{self.capability[0]}{self.capability[1]}" if self.capability else "")

@@ -40,13 +40,9 @@ class StepBatches(Dataset):
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """Workers leave SIGINT and SIGTERM to the training process, which finishes its step, checkpoints and
-    then stops them: a signal sent to the whole process group (a scheduler's pre-emption, Ctrl-C, a
-    container's stop) must not kill them under the training process, which would end it with a traceback
-    instead of a checkpoint. A training process killed outright takes them with it (PyTorch's workers
-    watch their parent)."""
+    """Workers leave Ctrl-C (SIGINT) to the training process, which checkpoints and then stops them; a
+    SIGTERM ends them (the training process, told too, checkpoints what it has done)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def step_loader(batches: StepBatches, start: int, steps: int, workers: int, pin: bool) -> DataLoader:

@@ -420,7 +420,12 @@ def _write_summary(intervals: list[dict], cfg: PretrainConfig, device: torch.dev
     steps = sum(i["steps"] for i in steady)
     seconds = sum(i["seconds"] for i in steady)
     mfus = [i["mfu"] * i["seconds"] for i in steady if i["mfu"] is not None]
-    logged = [json.loads(line)["step"] for line in (folder.path / LOG_NAME).read_text().splitlines() if line.strip()]
+    logged = []
+    for line in (folder.path / LOG_NAME).read_text().splitlines():
+        try:
+            logged.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut off by a kill: the summary must not hide the error that ended the run
     summary = {
         "steps": max(logged) + 1 if logged else 0,  # the run's, across resumes (each step is logged once)
         "steps_this_process": sum(i["steps"] for i in intervals), "ecg_per_s": cfg.batch_size * steps / seconds,

@@ -30,10 +30,24 @@ def tables() -> tuple[dict, ...]:
     return tuple(json.loads(TABLE_FILE.read_text())["tables"]) if TABLE_FILE.exists() else ()
 
 
-def nearest(entries: list[dict], n_leads: int, n_slots: int) -> dict:
-    """The measured shape closest to (n_leads, n_slots): the same lead count first, then the nearest slot
-    count by ratio."""
-    return min(entries, key=lambda e: (e["leads"] != n_leads, abs(math.log(e["slots"] / n_slots))))
+def nearest(entries: list[dict], n_leads: int, n_slots: int, head_dim: int | None = None) -> dict:
+    """The measured shape closest to (n_leads, n_slots, head_dim): the same lead count first, then the
+    nearest slot count by ratio, then the same head dim."""
+    return min(entries, key=lambda e: (e["leads"] != n_leads, abs(math.log(e["slots"] / n_slots)),
+                                       head_dim is not None and e["head_dim"] != head_dim))
+
+
+def table_for(spec: InputSpec) -> tuple[dict, str] | None:
+    """The table for spec's GPU and dtype, and what differs from it ("" if nothing): the same card first
+    (else another of the same generation), the same dtype first (else bfloat16, the training dtype)."""
+    sm = f"{spec.capability[0]}.{spec.capability[1]}"
+    found = [t for t in tables() if t["sm"] == sm]
+    if not found:
+        return None
+    found = [t for t in found if t["device"] == spec.device_name] or found
+    dtype = str(spec.dtype).removeprefix("torch.")
+    table = ([t for t in found if t["dtype"] == dtype] or [t for t in found if t["dtype"] == "bfloat16"] or found)[-1]
+    return table, ("" if table["dtype"] == dtype else f"; no {dtype} table, {table['dtype']}'s order used")
 
 
 def measured_order(spec: InputSpec) -> tuple[tuple[str, ...], str] | None:
@@ -41,12 +55,11 @@ def measured_order(spec: InputSpec) -> tuple[tuple[str, ...], str] | None:
     line saying what was measured where; None without a table for it."""
     if spec.capability is None or spec.n_leads is None:
         return None
-    sm = f"{spec.capability[0]}.{spec.capability[1]}"
-    found = [t for t in tables() if t["sm"] == sm]
-    if not found:
+    chosen = table_for(spec)
+    if chosen is None:
         return None
-    table = found[-1]
-    entry = nearest(table["shapes"], spec.n_leads, spec.shape[-2] // spec.n_leads)
+    table, caveat = chosen
+    entry = nearest(table["shapes"], spec.n_leads, spec.shape[-2] // spec.n_leads, spec.shape[-1])
     key = "fwd_bwd" if spec.needs_grad else "fwd"
     times = entry[key]
     ranked = tuple(sorted(times, key=times.get))
@@ -54,5 +67,6 @@ def measured_order(spec: InputSpec) -> tuple[tuple[str, ...], str] | None:
     why = (f"{what} measured on {table['device']} ({table['dtype']}, B{entry['batch']} H{entry['heads']} "
            f"L{entry['leads']} T{entry['slots']} d{entry['head_dim']}: "
            + ", ".join(f"{name} {times[name]:.3f} ms" for name in ranked)
-           + f"; torch {table['torch']}, triton {table['triton']}, commit {table['commit']}: {table['source']})")
+           + f"; torch {table['torch']}, triton {table['triton']}, commit {table['commit']}: {table['source']}"
+           + f"{caveat})")
     return ranked, why

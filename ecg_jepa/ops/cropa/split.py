@@ -35,8 +35,10 @@ LSE_ALIGN = 32
 COLUMN_TILE_ELEMENTS = 4096
 """Elements of one (slots x leads x head-dim) 16-bit tile of the column kernels, half as many in fp32 (whose
 products run on the CUDA cores): the slot block is as large as that allows, at most 64. So every tile stays
-in registers with no spill on sm_80 and sm_90 at 4 warps (``python -m ecg_jepa.kernel_report``), up to
-d = 128 in 16 bits and d = 64 in fp32 (beyond that, fp32 takes the pure-torch column pass)."""
+in registers with no spill on sm_80 and sm_90 at 4 warps (``python -m ecg_jepa.kernel_report``) for up to
+16 leads, up to d = 128 in 16 bits and d = 64 in fp32 (beyond that, fp32 takes the pure-torch column pass).
+With more leads the slot block bottoms out at 1 and the tile grows past this (checked for 17 leads only
+under the interpreter)."""
 
 TRITON_FP32_MAX_HEAD_DIM = 64
 
@@ -176,11 +178,13 @@ def row_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     b, h, n, d = q.shape
     t = n // n_leads
     if triton_rows(q, n_leads) if rows is None else rows == "triton":
-        grad_out, q, k, v = (_unit_last(x) for x in (grad_out, q, k, v))
+        grad_out, q, k, v, out = (_unit_last(x) for x in (grad_out, q, k, v, out))
         dq, dk, dv = (token_major(b, h, n, d, q) for _ in range(3))
         _launch(*row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale))
         return dq, dk, dv
     qr, kr, vr, outr, gr = (bmhk(x, n_leads) for x in (q, k, v, out, grad_out))
+    if outr.stride(1) != h * d:  # the memory-efficient backward assumes out's rows H·d apart (its own layout)
+        outr = outr.contiguous()
     if q.is_cuda:
         unused = q.new_empty((), dtype=torch.int64)  # philox seed and offset: read only with dropout
         grads = torch.ops.aten._efficient_attention_backward(
@@ -360,9 +364,10 @@ def _bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
 attention, cropa_split_fwd, cropa_split_bwd = register("split", _fwd_op, _bwd_op, _fwd_fake, _bwd_fake)
 
 
-WARM_UP_SLOTS = (1, 2, 16, 17)
-"""Slot counts that meet every compiled variant of the column kernels: the slot block (1, 2, then 4 or more,
-which T only caps) and Triton's specialisation of T (1, divisible by 16, neither)."""
+WARM_UP_SLOTS = (1, 2, 16, 17, 32, 33, 48)
+"""Slot counts that meet every compiled variant of split's Triton kernels: the column kernels' slot block
+(1, 2, then 4, which T only caps), the row kernels' tile (16, 32, 64 for T ≤ 64; above, the library's
+kernel, compiled ahead of time) and Triton's specialisation of T (1, divisible by 16, neither)."""
 
 
 def warm_up(device: torch.device | str, dtype: torch.dtype, head_dim: int, heads: int, n_leads: int,
