@@ -98,7 +98,7 @@ def test_a_signal_to_the_whole_process_group_checkpoints_and_resumes(tmp_path, u
     """SIGTERM or SIGINT to the run's whole process group (training process and its loader workers, as a
     scheduler or a container stop sends it), landing mid-step: the step finishes, its checkpoint is
     written, the run exits 128 + signal with no traceback, and resuming ends where the uninterrupted run
-    ends. The loader workers ignore the signal and are stopped by the training process."""
+    ends (the loader workers, signalled too, end without taking the training process down)."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["pretrain", *ARGS, "--out", str(out), "--workers", "2"]
