@@ -7,6 +7,7 @@ decision for a GPU can be tested on a machine without one, and nothing here touc
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
@@ -42,6 +43,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@functools.lru_cache(maxsize=None)
+def _gpu(index: int) -> tuple[tuple[int, int], str]:
+    """(compute capability, name) of GPU ``index``, asked once per process (every dispatch needs them)."""
+    return tuple(torch.cuda.get_device_capability(index)), torch.cuda.get_device_name(index)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The inputs of one call, described: ``device`` "cpu" or "cuda"; ``shape`` of the op's main tensor;
@@ -57,8 +64,8 @@ class InputSpec:
 
     @classmethod
     def of(cls, x: torch.Tensor, needs_grad: bool = False, n_leads: int | None = None) -> "InputSpec":
-        cap = tuple(torch.cuda.get_device_capability(x.device)) if x.is_cuda else None
-        name = torch.cuda.get_device_name(x.device) if x.is_cuda else None
+        cap, name = _gpu(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+            if x.is_cuda else (None, None)
         return cls(x.device.type, x.dtype, tuple(x.shape), needs_grad, cap, n_leads, name)
 
     def __str__(self) -> str:

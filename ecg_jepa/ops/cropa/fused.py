@@ -15,6 +15,21 @@ import torch
 from ..registry import differentiable, fused_op
 
 
+LOG2E = 1.4426950408889634
+"""log2(e): the kernels work in base 2, so launchers pass ``scale · LOG2E`` as their score scale."""
+
+
+def strides3(x: torch.Tensor) -> tuple[int, int, int]:
+    """The first three strides, as the kernels take them: (batch, head, token) of a (B, H, N, d) tensor;
+    (batch, lead, head) of split's (B, L, H, T_pad) LSE."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def unit_last(x: torch.Tensor) -> torch.Tensor:
+    """x itself if its last dim is contiguous (what the kernels' row loads need), else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def _fwd_fake(q, k, v, n_leads, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:-1], dtype=torch.float32)
 

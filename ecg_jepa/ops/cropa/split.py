@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import device_guard, interpreter_active
-from .fused import register
+from .fused import LOG2E, register, strides3, unit_last
 
 LSE_ALIGN = 32
 """The memory-efficient kernel pads its LSE rows to a multiple of this many queries."""
@@ -63,15 +63,6 @@ def bmhk(x: torch.Tensor, n_leads: int) -> torch.Tensor:
 def _lse_rows(lse: torch.Tensor) -> torch.Tensor:
     """(B, L, H, T_pad) -> (B·L, H, T_pad), a view."""
     return lse.flatten(0, 1)
-
-
-def _strides(x: torch.Tensor) -> tuple[int, int, int]:
-    """(batch, head, token) strides of a (B, H, N, d) tensor; (batch, lead, head) of the (B, L, H, T_pad) LSE."""
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _launch(kernel, grid, args, kwargs) -> None:
@@ -115,11 +106,9 @@ def row_fwd_launch(q, k, v, out, lse, n_leads: int, scale: float):
     """(kernel, grid, args, kwargs) of the Triton row pass (also what ``ecg_jepa.kernel_report`` compiles)."""
     from ecg_jepa.kernels.cropa_row import cropa_row_fwd_kernel
 
-    from .triton import LOG2E
-
     b, h, n, d = q.shape
     t = n // n_leads
-    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse),
+    args = (q, k, v, out, lse, *strides3(q), *strides3(k), *strides3(v), *strides3(out), *strides3(lse),
             h, n_leads, t, scale * LOG2E)
     return cropa_row_fwd_kernel, (b * n_leads * h,), args, dict(**_triton_kwargs(q, row_block(t)), num_warps=4)
 
@@ -128,13 +117,11 @@ def row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads: int, scale:
     """(kernel, grid, args, kwargs) of the Triton row backward."""
     from ecg_jepa.kernels.cropa_row import cropa_row_bwd_kernel
 
-    from .triton import LOG2E
-
     b, h, n, d = q.shape
     t = n // n_leads
     args = (q, k, v, out, grad_out, lse, dq, dk, dv,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
-            *_strides(dq), *_strides(dk), *_strides(dv), *_strides(lse), h, n_leads, t, scale, scale * LOG2E)
+            *strides3(q), *strides3(k), *strides3(v), *strides3(out), *strides3(grad_out),
+            *strides3(dq), *strides3(dk), *strides3(dv), *strides3(lse), h, n_leads, t, scale, scale * LOG2E)
     return cropa_row_bwd_kernel, (b * n_leads * h,), args, dict(**_triton_kwargs(q, row_block(t)), num_warps=8)
 
 
@@ -145,7 +132,7 @@ def row_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int,
     b, h, n, d = q.shape
     t = n // n_leads
     if triton_rows(q, n_leads) if rows is None else rows == "triton":
-        q, k, v = (_unit_last(x) for x in (q, k, v))
+        q, k, v = (unit_last(x) for x in (q, k, v))
         out = token_major(b, h, n, d, q)
         lse = q.new_empty((b, n_leads, h, padded_slots(t)), dtype=torch.float32)
         if t % LSE_ALIGN:
@@ -178,7 +165,7 @@ def row_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     b, h, n, d = q.shape
     t = n // n_leads
     if triton_rows(q, n_leads) if rows is None else rows == "triton":
-        grad_out, q, k, v, out = (_unit_last(x) for x in (grad_out, q, k, v, out))
+        grad_out, q, k, v, out = (unit_last(x) for x in (grad_out, q, k, v, out))
         dq, dk, dv = (token_major(b, h, n, d, q) for _ in range(3))
         _launch(*row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale))
         return dq, dk, dv
@@ -209,12 +196,10 @@ def _by_slot(x: torch.Tensor, n_leads: int, dtype: torch.dtype) -> torch.Tensor:
     return x.unflatten(2, (n_leads, x.shape[2] // n_leads)).transpose(2, 3).to(dtype)
 
 
-def _column_probs(qc: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:
-    """exp(S − lse) over each slot's L x L column block, a lead's own key excluded; lse (B, H, T, L)."""
-    n_leads = qc.shape[-2]
+def _column_scores(qc: torch.Tensor, kc: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each slot's L x L column scores (B, H, T, L, L), a lead's own key at -inf (it is in the row pass)."""
     s = (qc @ kc.transpose(-1, -2)) * scale
-    s = s.masked_fill(torch.eye(n_leads, dtype=torch.bool, device=s.device), float("-inf"))
-    return (s - lse[..., None]).exp()
+    return s.masked_fill(torch.eye(qc.shape[-2], dtype=torch.bool, device=s.device), float("-inf"))
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -229,8 +214,7 @@ def column_merge_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     wide = _wide(q.dtype)
     qc, kc, vc, o_row = (_by_slot(x, n_leads, wide) for x in (q, k, v, out))
     lse_row = lse[..., :t].permute(0, 2, 3, 1).to(wide)  # (B, H, T, L)
-    s = (qc @ kc.transpose(-1, -2)) * scale
-    s = s.masked_fill(torch.eye(n_leads, dtype=torch.bool, device=s.device), float("-inf"))
+    s = _column_scores(qc, kc, scale)
     lse_col = s.logsumexp(-1)  # -inf where a slot has no other lead (L = 1)
     o_col = (s - lse_col.nan_to_num(neginf=0.0)[..., None]).exp() @ vc
     merged = torch.logaddexp(lse_row, lse_col)
@@ -246,7 +230,7 @@ def column_backward_torch(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tens
     t = q.shape[2] // n_leads
     wide = _wide(q.dtype)
     qc, kc, vc, oc, gc = (_by_slot(x, n_leads, wide) for x in (q, k, v, out, grad_out))
-    p = _column_probs(qc, kc, lse[..., :t].permute(0, 2, 3, 1).to(wide), scale)  # (B, H, T, L, L)
+    p = (_column_scores(qc, kc, scale) - lse[..., :t].permute(0, 2, 3, 1).to(wide)[..., None]).exp()  # P of the joint softmax
     ds = p * (gc @ vc.transpose(-1, -2) - (gc * oc).sum(-1, keepdim=True))
     for grad, extra in ((dq, ds @ kc * scale), (dk, ds.transpose(-1, -2) @ qc * scale), (dv, p.transpose(-1, -2) @ gc)):
         view = grad.unflatten(2, (n_leads, t))
@@ -271,11 +255,9 @@ def column_fwd_launch(q, k, v, out, lse, n_leads: int, scale: float):
     """(kernel, grid, args, kwargs) of the column pass + merge (also what ``ecg_jepa.kernel_report`` compiles)."""
     from ecg_jepa.kernels.cropa_col import cropa_col_fwd_kernel
 
-    from .triton import LOG2E
-
     b, h, n, d = q.shape
     block_t, block_d, lanes, programs = column_launch(q, n_leads)
-    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse),
+    args = (q, k, v, out, lse, *strides3(q), *strides3(k), *strides3(v), *strides3(out), *strides3(lse),
             h, n_leads, n // n_leads, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=block_t, BLOCK_D=block_d, LANES=lanes, UPCAST=interpreter_active(),
                   DOT_PRECISION="ieee", num_warps=4)
@@ -286,13 +268,11 @@ def column_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads: int, sca
     """(kernel, grid, args, kwargs) of the column backward."""
     from ecg_jepa.kernels.cropa_col import cropa_col_bwd_kernel
 
-    from .triton import LOG2E
-
     b, h, n, d = q.shape
     block_t, block_d, lanes, programs = column_launch(q, n_leads)
     args = (q, k, v, out, grad_out, lse, dq, dk, dv,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
-            *_strides(dq), *_strides(dk), *_strides(dv), *_strides(lse), h, n_leads, n // n_leads, scale, scale * LOG2E)
+            *strides3(q), *strides3(k), *strides3(v), *strides3(out), *strides3(grad_out),
+            *strides3(dq), *strides3(dk), *strides3(dv), *strides3(lse), h, n_leads, n // n_leads, scale, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=block_t, BLOCK_D=block_d, LANES=lanes, UPCAST=interpreter_active(),
                   DOT_PRECISION="ieee", num_warps=4)
     return cropa_col_bwd_kernel, (programs,), args, kwargs
@@ -300,13 +280,13 @@ def column_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads: int, sca
 
 def column_merge_triton(q, k, v, out, lse, n_leads: int, scale: float) -> None:
     """:func:`column_merge_torch` as one Triton kernel (``kernels/cropa_col.py``)."""
-    q, k, v = (_unit_last(x) for x in (q, k, v))
+    q, k, v = (unit_last(x) for x in (q, k, v))
     _launch(*column_fwd_launch(q, k, v, out, lse, n_leads, scale))
 
 
 def column_backward_triton(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads: int, scale: float) -> None:
     """:func:`column_backward_torch` as one Triton kernel."""
-    grad_out, q, k, v, out = (_unit_last(x) for x in (grad_out, q, k, v, out))
+    grad_out, q, k, v, out = (unit_last(x) for x in (grad_out, q, k, v, out))
     _launch(*column_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, scale))
 
 
@@ -372,7 +352,8 @@ kernel, compiled ahead of time) and Triton's specialisation of T (1, divisible b
 
 def warm_up(device: torch.device | str, dtype: torch.dtype, head_dim: int, heads: int, n_leads: int,
             grad: bool = True) -> int:
-    """Compile every column-kernel variant a run with this model shape can meet (by running the op once per
+    """Compile every Triton-kernel variant (row and column) a run with this model shape can meet (by running
+    the op once per
     :data:`WARM_UP_SLOTS` on a batch of one, laid out as :class:`~ecg_jepa.CroPAAttention` lays it out), so
     none compiles inside a timed or training step. Returns the count."""
     for t in WARM_UP_SLOTS:

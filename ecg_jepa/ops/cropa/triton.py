@@ -18,9 +18,8 @@ import torch
 import triton
 
 from ..registry import device_guard, interpreter_active
-from .fused import register
+from .fused import LOG2E, register, strides3, unit_last
 
-LOG2E = 1.4426950408889634
 SLOT_TILES = (16, 32, 64)
 """The slot tiles: T ≤ 16 -> 16, T ≤ 32 -> 32, otherwise 64 (T > 64 loops over blocks of 64)."""
 
@@ -91,21 +90,13 @@ def arch_of(x: torch.Tensor) -> int:
     return _device_arch(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else 90
 
 
-def _strides(x: torch.Tensor) -> tuple[int, int, int]:
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def fwd_launch(q, k, v, out, lse, n_leads: int, scale: float, cfg: Config):
     """(kernel, grid, args, kwargs) of the forward launch (also what ``ecg_jepa.kernel_report`` compiles)."""
     from ecg_jepa.kernels.cropa_fwd import cropa_fwd_kernel
 
     b, h, n, d = q.shape
     groups = triton.cdiv(n_leads, cfg.leads_per_program)
-    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+    args = (q, k, v, out, lse, *strides3(q), *strides3(k), *strides3(v), *strides3(out),
             h, n_leads, n // n_leads, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, LANES=cfg.lanes,
                   LEADS_PER_PROGRAM=cfg.leads_per_program, UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision,
@@ -119,8 +110,8 @@ def bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads: int, sca
 
     b, h, n, d = q.shape
     args = (q, k, v, out, grad_out, lse, delta, dq, dk, dv,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
-            *_strides(dq), *_strides(dk), *_strides(dv), h, n_leads, n // n_leads, scale, scale * LOG2E)
+            *strides3(q), *strides3(k), *strides3(v), *strides3(out), *strides3(grad_out),
+            *strides3(dq), *strides3(dk), *strides3(dv), h, n_leads, n // n_leads, scale, scale * LOG2E)
     kwargs = dict(HEAD_DIM=d, BLOCK_T=cfg.bwd_block_t, BLOCK_D=cfg.block_d, UPCAST=cfg.upcast,
                   DOT_PRECISION=cfg.dot_precision, num_warps=cfg.bwd_num_warps, num_stages=1)
     return cropa_bwd_kernel, (b * h,), args, kwargs
@@ -128,7 +119,7 @@ def bwd_launch(grad_out, q, k, v, out, lse, delta, dq, dk, dv, n_leads: int, sca
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, H, N, d) q, k, v -> out (B, H, N, d) and merged log-sum-exp (B, H, N) fp32."""
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
     b, h, n, d = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
@@ -144,7 +135,7 @@ def backward(
     n_leads: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv), each (B, H, N, d), from dO and the forward's out and merged LSE."""
-    grad_out, q, k, v, out = (_unit_last(x) for x in (grad_out, q, k, v, out))
+    grad_out, q, k, v, out = (unit_last(x) for x in (grad_out, q, k, v, out))
     b, h, n, d = q.shape
     lse = lse.contiguous()
     delta = torch.empty_like(lse)  # rowsum(dO ∘ O), written and read by the kernel
