@@ -248,10 +248,10 @@ def warm_up_kernels(model: JEPA, device: torch.device, precision: str) -> str | 
 
             module = import_module(f"..ops.cropa.{name}", __package__)
             count = module.warm_up(device, dtype, head_dim, cfg.num_heads, n_leads, grad=chosen[True] == name)
-            done.append(f"{count} {name} variants ({'forward and backward' if chosen[True] == name else 'forward'})")
+            done.append(f"{name} at {count} slot counts ({'forward and backward' if chosen[True] == name else 'forward'})")
     if not done:
         return None
-    return f"warmed {' and '.join(done)} of CroPA attention in {time.perf_counter() - tic:.1f} s"
+    return f"warmed CroPA attention's Triton kernels: {' and '.join(done)}, in {time.perf_counter() - tic:.1f} s"
 
 
 def _agree(world: World, device: torch.device, *flags: bool) -> list[bool]:

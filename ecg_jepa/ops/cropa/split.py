@@ -355,7 +355,7 @@ def warm_up(device: torch.device | str, dtype: torch.dtype, head_dim: int, heads
     """Compile every Triton-kernel variant (row and column) a run with this model shape can meet (by running
     the op once per
     :data:`WARM_UP_SLOTS` on a batch of one, laid out as :class:`~ecg_jepa.CroPAAttention` lays it out), so
-    none compiles inside a timed or training step. Returns the count."""
+    none compiles inside a timed or training step. Returns the number of slot counts run."""
     for t in WARM_UP_SLOTS:
         qkv = torch.randn(1, n_leads * t, 3, heads, head_dim, device=device, dtype=dtype, requires_grad=grad)
         out = attention(*qkv.permute(2, 0, 3, 1, 4), n_leads, head_dim ** -0.5)
