@@ -1,4 +1,5 @@
-"""The ``ecg-jepa`` command: thin wrappers that parse, call and print.
+"""The ``ecg-jepa`` command: the argument parser and one handler per subcommand, which turns the options into
+library calls and prints or writes what they return.
 
 Bad input (an :class:`~ecg_jepa.errors.InputError` from the library) is printed as one line, exit status 2;
 a run stopped by SIGTERM/SIGINT after its checkpoint exits with 128 + the signal; a command that skipped
