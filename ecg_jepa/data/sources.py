@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import STANDARD_12
+from ..constants import FS, STANDARD_12
 from ..errors import MissingInputError
 from .records import Record, read_record
 
@@ -111,9 +111,9 @@ def find_records(src: str | os.PathLike) -> list[Item]:
 def load_item(item: Item) -> Record:
     """Read an item's record and merge the labels found beside it (``labels.csv`` of its folder or the
     folder above)."""
-    if item.row is not None:  # processed PTB-XL: (n, 12, 2500) float16 at 250 Hz
+    if item.row is not None:  # processed PTB-XL: (n, 12, 2500) float16 at FS (250 Hz)
         signal = np.load(item.path, mmap_mode="r")[item.row].astype(np.float32)
-        return Record(item.key, signal, 250.0, STANDARD_12, "ptbxl-processed", dict(item.labels))
+        return Record(item.key, signal, float(FS), STANDARD_12, "ptbxl-processed", dict(item.labels))
     record = read_record(item.path)
     path = Path(item.path)
     for folder in (path.parent, path.parent.parent):

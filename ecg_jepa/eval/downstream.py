@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ..constants import LEADS, find_lead
+from ..constants import FS, LEADS, find_lead
 from ..data.prepare import bandpass
 from ..data.shards import PrepareOptions, ShardDataset, prepare_data
 from ..errors import InputError
@@ -177,7 +177,7 @@ class Classifier(nn.Module):
 
 
 def _filtered(x: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(bandpass(x.numpy(), 250.0))
+    return torch.from_numpy(bandpass(x.numpy(), float(FS)))
 
 
 @torch.no_grad()
