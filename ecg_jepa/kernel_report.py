@@ -33,6 +33,8 @@ os.environ["TRITON_INTERPRET"] = "0"  # compile for the GPU, whatever the caller
 
 import torch  # noqa: E402
 
+from .ops.registry import dtype_name  # noqa: E402
+
 # Per-SM resources: registers, shared memory usable by CTAs (bytes), threads, CTAs.
 SM_LIMITS = {90: (65536, 228 * 1024, 2048, 32), 80: (65536, 164 * 1024, 2048, 32)}
 SHAPE = dict(heads=16, leads=8, slots=50)  # the paper's attention shape (batch does not change the code)
@@ -178,10 +180,6 @@ def _narrowest(counts: dict) -> int | None:
     return min(widths) if widths else None
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def attention_cases(arch: int):
     """(kernel, args, kwargs, config, wide-side lines, needs_wide) for the CroPA kernels at the benchmark
     configurations for sm_``arch``: bf16 d=48 at every slot tile; every
@@ -200,7 +198,7 @@ def attention_cases(arch: int):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(1, h, n_leads * t)
         cfg = launch.config(n_leads, t, d, dtype, arch)
-        desc = f"{_dtype_name(dtype)} d={d} T={t}"
+        desc = f"{dtype_name(dtype)} d={d} T={t}"
         needs = dtype != torch.float32 and d >= 32
         kernel, _, args, kwargs = launch.fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5, cfg)
         yield kernel, args, kwargs, f"{desc} tile {cfg.block_t} warps {cfg.num_warps}", wide, needs
@@ -232,7 +230,7 @@ def column_cases():
         out, grad_out, dq, dk, dv = (split.token_major(1, h, n_leads * t, d, q) for _ in range(5))
         lse = torch.empty(1, n_leads, h, split.padded_slots(t))
         block_t = split.column_launch(q, n_leads)[0]
-        desc = f"{_dtype_name(dtype)} d={d} L={n_leads} T={t} slots {block_t}"
+        desc = f"{dtype_name(dtype)} d={d} L={n_leads} T={t} slots {block_t}"
         needs = dtype != torch.float32 and d >= 32
         kernel, _, args, kwargs = split.column_fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5)
         yield kernel, args, kwargs, desc, wide, needs
@@ -240,7 +238,7 @@ def column_cases():
         yield kernel, args, kwargs, desc, wide, needs
         if dtype == torch.float32:  # the row pass's Triton kernels are 16-bit only (split.triton_rows)
             continue
-        desc = f"{_dtype_name(dtype)} d={d} L={n_leads} T={t} tile {split.row_block(t)}"
+        desc = f"{dtype_name(dtype)} d={d} L={n_leads} T={t} tile {split.row_block(t)}"
         kernel, _, args, kwargs = split.row_fwd_launch(q, k, v, out, lse, n_leads, d ** -0.5)
         yield kernel, args, kwargs, desc, row_wide, needs
         kernel, _, args, kwargs = split.row_bwd_launch(grad_out, q, k, v, out, lse, dq, dk, dv, n_leads, d ** -0.5)
@@ -261,7 +259,7 @@ def patch_embed_cases():
             vis = torch.empty(1, 27, dtype=torch.int32)
             lead_ids = torch.empty(8, dtype=torch.int32)
             out = torch.empty(1, 8 * 27, dim, dtype=dtype)
-            desc = f"{_dtype_name(dtype)} D={dim}"
+            desc = f"{dtype_name(dtype)} D={dim}"
             needs = dtype != torch.float32
             kernel, _, args, kwargs = launch.fwd_launch(x, w, bias, pos, vis, lead_ids, out)
             yield kernel, args, kwargs, desc, _helper_lines(kernels.store_tokens), needs

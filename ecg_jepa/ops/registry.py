@@ -39,7 +39,8 @@ def needs_grad(*xs: torch.Tensor) -> bool:
 _WHERE = {"cpu": "the CPU", "cuda": "a GPU"}
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' for torch.bfloat16."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -71,7 +72,7 @@ class InputSpec:
     def __str__(self) -> str:
         where = self.device + (f" sm_{self.capability[0]}{self.capability[1]}" if self.capability else "")
         leads = f", n_leads={self.n_leads}" if self.n_leads is not None else ""
-        return f"{where}, {_dtype_name(self.dtype)}, shape {self.shape}{leads}, grad={'yes' if self.needs_grad else 'no'}"
+        return f"{where}, {dtype_name(self.dtype)}, shape {self.shape}{leads}, grad={'yes' if self.needs_grad else 'no'}"
 
 
 @dataclass(frozen=True)
@@ -103,16 +104,16 @@ class Capabilities:
             else:
                 out.append(f"runs on {' or '.join(self.devices)} tensors, got {spec.device}")
         if spec.dtype not in self.dtypes:
-            allowed = ", ".join(_dtype_name(d) for d in self.dtypes)
+            allowed = ", ".join(dtype_name(d) for d in self.dtypes)
             extra = " (float64 is for the pure-torch backends)" if spec.dtype == torch.float64 else ""
-            out.append(f"takes {allowed}, got {_dtype_name(spec.dtype)}{extra}")
+            out.append(f"takes {allowed}, got {dtype_name(spec.dtype)}{extra}")
         if spec.needs_grad and self.backward_devices is not None and spec.device not in self.backward_devices:
             out.append(f"has no backward on {_WHERE.get(spec.device, spec.device)} (forward only there)")
         if self.max_last_dim is not None and spec.shape and spec.shape[-1] > self.max_last_dim:
             out.append(f"last dim {spec.shape[-1]} > {self.max_last_dim}")
         for dtype, cap in self.min_capability:
             if spec.dtype == dtype and spec.capability is not None and spec.capability < cap:
-                out.append(f"{_dtype_name(dtype)} needs compute capability ≥ {cap[0]}.{cap[1]}, this GPU has "
+                out.append(f"{dtype_name(dtype)} needs compute capability ≥ {cap[0]}.{cap[1]}, this GPU has "
                            f"{spec.capability[0]}.{spec.capability[1]}")
         if self.fits is not None and not out:
             reason = self.fits(spec)
