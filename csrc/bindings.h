@@ -1,7 +1,9 @@
 // The torch side of the kernels, shared by the CUDA extension (ops.cpp) and the CPU emulation
-// (emulation.cpp): checks, allocation, and the calls of the raw-pointer launchers. The including file
-// defines ECG_JEPA_LIBRARY (the op namespace), ECG_JEPA_DEVICE_KEY (CUDA or CPU), stream() and smem_limit().
+// (emulation.cpp): the ops' schemas, checks, allocation, and the calls of the raw-pointer launchers. The
+// including file passes an Env type with static stream() and smem_limit(tensor) to the templates below.
 #pragma once
+#include <string>
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -75,6 +77,19 @@ inline std::vector<int64_t> cropa_plan(int64_t dtype, int64_t n_leads, int64_t h
   const auto plan = ecg_jepa::attention_plan(static_cast<ecg_jepa::DType>(dtype), int(n_leads), int(head_dim),
                                              size_t(smem_limit));
   return {plan.fwd_group, plan.bwd_group, int64_t(plan.fwd_smem), int64_t(plan.bwd_smem)};
+}
+
+// The ops' schemas, written once for both libraries: ``tag`` goes after each op's family name (the extension's
+// "_cuda": cropa_cuda_fwd, patch_embed_cuda_dx; the emulation's ""), and ``extra`` ends the attention
+// ops' arguments (the emulation's ", int smem_limit": tests choose the device's shared memory per CTA).
+inline void define_ops(torch::Library& m, const std::string& tag, const std::string& extra) {
+  const auto def = [&](const std::string& schema) { m.def(schema.c_str()); };
+  def("cropa" + tag + "_fwd(Tensor q, Tensor k, Tensor v, int n_leads, float scale" + extra + ") -> (Tensor, Tensor)");
+  def("cropa" + tag + "_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int n_leads, "
+      "float scale" + extra + ") -> (Tensor, Tensor, Tensor)");
+  m.def(("cropa" + tag + "_plan(int dtype, int n_leads, int head_dim, int smem_limit) -> int[]").c_str(), &cropa_plan);
+  def("patch_embed" + tag + "(Tensor x, Tensor weight, Tensor bias, Tensor pos, Tensor vis, Tensor lead_ids) -> Tensor");
+  def("patch_embed" + tag + "_dx(Tensor grad, Tensor weight, Tensor vis, int[] x_shape) -> Tensor");
 }
 
 template <typename Env>

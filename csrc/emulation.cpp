@@ -31,14 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& g, const at
 
 }  // namespace
 
-TORCH_LIBRARY(ecg_jepa_emu, m) {
-  m.def("cropa_fwd(Tensor q, Tensor k, Tensor v, int n_leads, float scale, int smem_limit) -> (Tensor, Tensor)");
-  m.def("cropa_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int n_leads, float scale, "
-        "int smem_limit) -> (Tensor, Tensor, Tensor)");
-  m.def("cropa_plan(int dtype, int n_leads, int head_dim, int smem_limit) -> int[]", &ecg_jepa_binding::cropa_plan);
-  m.def("patch_embed(Tensor x, Tensor weight, Tensor bias, Tensor pos, Tensor vis, Tensor lead_ids) -> Tensor");
-  m.def("patch_embed_dx(Tensor grad, Tensor weight, Tensor vis, int[] x_shape) -> Tensor");
-}
+TORCH_LIBRARY(ecg_jepa_emu, m) { ecg_jepa_binding::define_ops(m, "", ", int smem_limit"); }
 
 TORCH_LIBRARY_IMPL(ecg_jepa_emu, CPU, m) {
   m.impl("cropa_fwd", &fwd);

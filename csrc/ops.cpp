@@ -41,14 +41,7 @@ at::Tensor embed_dx(const at::Tensor& grad, const at::Tensor& w, const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(ecg_jepa, m) {
-  m.def("cropa_cuda_fwd(Tensor q, Tensor k, Tensor v, int n_leads, float scale) -> (Tensor, Tensor)");
-  m.def("cropa_cuda_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int n_leads, "
-        "float scale) -> (Tensor, Tensor, Tensor)");
-  m.def("cropa_cuda_plan(int dtype, int n_leads, int head_dim, int smem_limit) -> int[]", &ecg_jepa_binding::cropa_plan);
-  m.def("patch_embed_cuda(Tensor x, Tensor weight, Tensor bias, Tensor pos, Tensor vis, Tensor lead_ids) -> Tensor");
-  m.def("patch_embed_cuda_dx(Tensor grad, Tensor weight, Tensor vis, int[] x_shape) -> Tensor");
-}
+TORCH_LIBRARY_FRAGMENT(ecg_jepa, m) { ecg_jepa_binding::define_ops(m, "_cuda", ""); }
 
 TORCH_LIBRARY_IMPL(ecg_jepa, CUDA, m) {
   m.impl("cropa_cuda_fwd", &fwd);
