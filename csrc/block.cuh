@@ -178,52 +178,26 @@ ECG_HD void tile_product(const Block& blk, const T* a, int lda, const T* b, int 
 #endif
 }
 
-// 16 bytes of T from 16 / sizeof(T) floats (times scale), element 0 at the lowest address.
-ECG_HD uint32_t bits_of(float x) {
-#ifdef ECG_JEPA_HOST_EMULATION
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
+// The storage bits of one value of T (float, Half, BFloat), zero-extended to 32 bits, and the value (as a
+// float) of such bits: the words pack16 and unpack16 assemble and split.
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
+
+template <typename T>
+ECG_HD uint32_t bits_of(T x) {
+  Bits<T> u;
+  memcpy(&u, &x, sizeof(T));
   return u;
-#else
-  return __float_as_uint(x);
-#endif
 }
-ECG_HD uint32_t bits_of(Half x) {
-#ifdef ECG_JEPA_HOST_EMULATION
-  return x.bits;
-#else
-  return __half_as_ushort(x);
-#endif
-}
-ECG_HD uint32_t bits_of(BFloat x) {
-#ifdef ECG_JEPA_HOST_EMULATION
-  return x.bits;
-#else
-  return __bfloat16_as_ushort(x);
-#endif
+template <typename T>
+ECG_HD float value_of(T, uint32_t bits) {
+  const Bits<T> u = Bits<T>(bits);
+  T x;
+  memcpy(&x, &u, sizeof(T));
+  return to_float(x);
 }
 
-// The 16 / sizeof(T) values of 16 bytes of T, as floats.
-ECG_HD float value_of(float, uint32_t bits) {
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
-ECG_HD float value_of(Half, uint32_t bits) {
-#ifdef ECG_JEPA_HOST_EMULATION
-  return to_float(Half{uint16_t(bits)});
-#else
-  return __half2float(__ushort_as_half(uint16_t(bits)));
-#endif
-}
-ECG_HD float value_of(BFloat, uint32_t bits) {
-#ifdef ECG_JEPA_HOST_EMULATION
-  return to_float(BFloat{uint16_t(bits)});
-#else
-  return __bfloat162float(__ushort_as_bfloat16(uint16_t(bits)));
-#endif
-}
-
+// The 16 / sizeof(T) values of 16 bytes of T, as floats, element 0 from the lowest address.
 template <typename T>
 ECG_HD void unpack16(uint4 v, float* out) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -237,6 +211,7 @@ ECG_HD void unpack16(uint4 v, float* out) {
   }
 }
 
+// 16 bytes of T from 16 / sizeof(T) floats (times scale), element 0 at the lowest address.
 template <typename T>
 ECG_HD uint4 pack16(const float* src, float scale) {
   uint32_t w[4];

@@ -82,6 +82,18 @@ ECG_HD void load_stats(Block& blk, float* dst, const float* src, int n_rows, Tok
   });
 }
 
+// For each lead g of the group: acc[g] += p[g] · rows[g], p 16 x 16 and rows, acc 16 x dp (row-major), on
+// gn·tiles warp items (one per lead and 16 columns, tiles = dp / 16): P·V in the forward, dS·K in the
+// backward's pass A.
+template <typename T>
+ECG_HD void accumulate_products(Block& blk, const T* p, const T* rows, float* acc, int gn, int dp, int tiles) {
+  blk.warps(gn * tiles, [&](int job) {
+    const int g = job / tiles, c = job % tiles;
+    tile_product<T, false>(blk, p + g * kTile * kTile, kTile, rows + g * kTile * dp + c * kTile, dp,
+                           acc + g * kTile * dp + c * kTile, dp, kTile, true);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------
 template <typename T>
 ECG_HD void fwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v, T* o, float* lse, int leads,
@@ -152,11 +164,7 @@ ECG_HD void fwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
       smax[r] = top;
     });
     blk.sync();
-    blk.warps(gn * tiles, [&](int job) {
-      const int g = job / tiles, c = job % tiles;
-      tile_product<T, false>(blk, sp + g * kTile * kTile, kTile, sv + g * kTile * dp + c * kTile, dp,
-                             so + g * kTile * dp + c * kTile, dp, kTile, true);
-    });
+    accumulate_products(blk, sp, sv, so, gn, dp, tiles);
     blk.sync();
   }
 
@@ -262,11 +270,7 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
       sds[e] = from_float<T>(p * (sdp[e] - delta_own[r]));
     });
     blk.sync();
-    blk.warps(gn * tiles, [&](int job) {
-      const int g = job / tiles, c = job % tiles;
-      tile_product<T, false>(blk, sds + g * kTile * kTile, kTile, str0 + g * kTile * dp + c * kTile, dp,
-                             acc0 + g * kTile * dp + c * kTile, dp, kTile, true);
-    });
+    accumulate_products(blk, sds, str0, acc0, gn, dp, tiles);
   }
   blk.sync();
   Rows<T>::store(blk, dq, d, d, acc0, dp, rows, scale, vec, group_rows(slot0));
