@@ -379,11 +379,11 @@ cudaError_t run_grid(int64_t gx, int gy, int gz, size_t smem_bytes, Body&& body)
 #endif
 }
 
-// Leads per CTA: the most that leave room for two CTAs per SM (half the per-CTA limit; latency hiding needs
-// more than one CTA of 4 warps), else the most that fit at all, else 0.
+// Leads per CTA: the most that leave room for kCtasPerSm CTAs per SM (that fraction of the per-CTA limit;
+// latency hiding needs more than one CTA of 4 warps), else the most that fit at all, else 0.
 template <typename T>
 int best_group(int leads, int dp, size_t limit, bool forward) {
-  for (const size_t budget : {limit / 2, limit}) {
+  for (const size_t budget : {limit / kCtasPerSm, limit}) {
     for (int g = leads; g >= 1; --g) {
       const size_t bytes = forward ? FwdSmem(leads, g, dp, sizeof(T)).total : BwdSmem(leads, g, dp, sizeof(T)).total;
       if (bytes <= budget) return g;

@@ -20,8 +20,8 @@ constexpr cudaError_t cudaErrorInvalidValue = 1;
 #include <cuda_runtime.h>
 #endif
 
-#ifndef ECG_JEPA_MAX_HEAD_DIM
-#error "build with -DECG_JEPA_MAX_HEAD_DIM=... (ecg_jepa.build_ext.cuda_flags passes the limit declared in ecg_jepa.ops.cropa)"
+#if !defined(ECG_JEPA_MAX_HEAD_DIM) || !defined(ECG_JEPA_CTAS_PER_SM)
+#error "build with -DECG_JEPA_MAX_HEAD_DIM=... -DECG_JEPA_CTAS_PER_SM=... (ecg_jepa.build_ext.defines passes ecg_jepa/limits.py)"
 #endif
 
 namespace ecg_jepa {
@@ -29,9 +29,11 @@ namespace ecg_jepa {
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
 constexpr int kMaxHeadDim = ECG_JEPA_MAX_HEAD_DIM;
+constexpr int kCtasPerSm = ECG_JEPA_CTAS_PER_SM;  // the CTAs per SM a lead group leaves room for, if it can
 
 // How the attention kernels split a problem: leads per CTA (the largest group whose shared memory fits in
-// ``smem_limit`` bytes; 0 if even one lead does not fit) and the shared memory of one CTA.
+// ``smem_limit / kCtasPerSm`` bytes, else in ``smem_limit``; 0 if even one lead does not fit) and the shared
+// memory of one CTA. Mirrored in Python by ecg_jepa.ops.cropa.cuda.plan (a test compares them).
 struct AttentionPlan {
   int fwd_group, bwd_group;
   size_t fwd_smem, bwd_smem;

@@ -33,10 +33,9 @@ os.environ["TRITON_INTERPRET"] = "0"  # compile for the GPU, whatever the caller
 
 import torch  # noqa: E402
 
+from .limits import SM_RESOURCES, SMEM_PER_CTA, TRITON_FP32_MAX_HEAD_DIM  # noqa: E402
 from .ops.registry import dtype_name  # noqa: E402
 
-# Per-SM resources: registers, shared memory usable by CTAs (bytes), threads, CTAs.
-SM_LIMITS = {90: (65536, 228 * 1024, 2048, 32), 80: (65536, 164 * 1024, 2048, 32)}
 SHAPE = dict(heads=16, leads=8, slots=50)  # the paper's attention shape (batch does not change the code)
 WIDTH = {"": 4, ".64": 8, ".128": 16, ".U8": 1, ".S8": 1, ".U16": 2, ".S16": 2}
 
@@ -77,7 +76,7 @@ def _run(*cmd: str) -> str:
 def _ctas_per_sm(arch: int, regs: int, static: int, dynamic: int, threads: int) -> int:
     """CTAs per SM the registers, shared memory (static + dynamic; the system reserves 1 KB per CTA, which
     sm_90's cubins already report as static) and threads allow."""
-    max_regs, max_smem, max_threads, max_ctas = SM_LIMITS[arch]
+    max_regs, max_smem, max_threads, max_ctas = SM_RESOURCES[arch]
     warps = -(-threads // 32)
     warp_regs = -(-max(regs, 1) * 32 // 256) * 256  # allocated per warp in units of 256
     by_regs = (max_regs // warp_regs) // warps
@@ -222,7 +221,7 @@ def column_cases():
     row_wide = _helper_lines(load_rows) | _helper_lines(store_rows)
     combos = [(torch.bfloat16, 48, 8, t) for t in (17, 23, 50)] + [(torch.bfloat16, 48, 12, 50)]
     combos += [(dt, d, 8, 50) for dt in (torch.bfloat16, torch.float16, torch.float32) for d in (48, 64, 128)
-               if (dt, d) != (torch.bfloat16, 48) and (dt != torch.float32 or d <= split.TRITON_FP32_MAX_HEAD_DIM)]
+               if (dt, d) != (torch.bfloat16, 48) and (dt != torch.float32 or d <= TRITON_FP32_MAX_HEAD_DIM)]
     h = SHAPE["heads"]
     for dtype, d, n_leads, t in combos:
         qkv = torch.empty(1, n_leads * t, 3, h, d, dtype=dtype)
@@ -303,19 +302,13 @@ def cuda_rows(archs: tuple[int, ...]) -> list[Row]:
 def _paper_shape_smem(label: str, arch: int) -> int:
     """The dynamic shared memory of a CUDA attention CTA at the paper's shape (8 leads, d = 48), which
     decides its CTAs per SM (the patch-embedding kernels' depends on the mask: 0 here)."""
-    from .ops.cropa.cuda import SMEM_PER_CTA, shared_memory
+    from .ops.cropa.cuda import plan
 
     if "cropa_fwd" not in label and "cropa_bwd" not in label:
         return 0
     size = 4 if "<float>" in label else 2
-    index = 0 if "cropa_fwd" in label else 1
-    limit = SMEM_PER_CTA[(arch // 10, arch % 10)]
-    for budget in (limit // 2, limit):  # csrc attention_plan: two CTAs per SM if possible
-        fitting = [shared_memory(8, g, 48, size)[index] for g in range(8, 0, -1)
-                   if shared_memory(8, g, 48, size)[index] <= budget]
-        if fitting:
-            return fitting[0]
-    return 0
+    fwd_bytes, bwd_bytes = plan(8, 48, size, SMEM_PER_CTA[(arch // 10, arch % 10)])[2:]
+    return fwd_bytes if "cropa_fwd" in label else bwd_bytes
 
 
 def _max_threads(cubin: Path, function: str) -> int:
@@ -359,7 +352,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ecg_jepa.kernel_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SM_LIMITS),
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SM_RESOURCES),
                         help="compute capabilities to compile for (90: H100, 80: A100)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     parser.add_argument("--no-cuda", action="store_true", help="only the Triton kernels")

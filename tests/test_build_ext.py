@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ecg_jepa import build_ext, explain_backend
+from ecg_jepa.limits import CUDA_CTAS_PER_SM, SMEM_PER_CTA
 
 try:
     CUDA_HOME = build_ext.cuda_home()
@@ -55,5 +56,7 @@ def test_extension_builds_imports_and_traces():
         torch.empty(1, 27, dtype=torch.int32, device="meta"), torch.empty(8, dtype=torch.int32, device="meta"))
     assert tokens.shape == (2, 216, 64)
     assert "CUDA_VERIFIED" in explain_backend(torch.zeros(1, 1, 16, 16), n_leads=4)
-    fwd_group, bwd_group, fwd_bytes, bwd_bytes = torch.ops.ecg_jepa.cropa_cuda_plan(2, 8, 48, 232448)  # bf16, H100
-    assert fwd_group == 8 and 1 <= bwd_group <= 8 and max(fwd_bytes, bwd_bytes) <= 232448 // 2  # two CTAs per SM
+    h100 = SMEM_PER_CTA[(9, 0)]
+    fwd_group, bwd_group, fwd_bytes, bwd_bytes = torch.ops.ecg_jepa.cropa_cuda_plan(2, 8, 48, h100)  # bf16
+    assert fwd_group == 8 and 1 <= bwd_group <= 8 and max(fwd_bytes, bwd_bytes) <= h100 // CUDA_CTAS_PER_SM
+    assert (fwd_group, bwd_group, fwd_bytes, bwd_bytes) == cropa_cuda.plan(8, 48, 2, h100)  # the Python mirror

@@ -14,20 +14,11 @@ import torch
 
 from ... import build_ext
 from ...errors import InputError, InputTypeError
-from ..registry import (
-    Backend,
-    Capabilities,
-    Dispatcher,
-    InputSpec,
-    needs_grad,
-    triton_available,
-)
+from ...limits import FUSED_MAX_HEAD_DIM, SMEM_PER_CTA, SMEM_PER_CTA_UNKNOWN
+from ..registry import Backend, Capabilities, Dispatcher, InputSpec, needs_grad, triton_available
 from . import torch_backends
 from .measured import PREDICTED_GPU_ORDER, measured_order
 from .reference import reference
-
-FUSED_MAX_HEAD_DIM = 128
-"""The largest head dim of the fused kernels (Triton and CUDA; ``csrc/`` gets it from ``build_ext``)."""
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ALL_DTYPES = (*_FUSED_DTYPES, torch.float64)
@@ -73,11 +64,11 @@ def _cuda_run(q, k, v, n_leads, scale):
 
 
 def _cuda_fits(spec: InputSpec) -> str | None:
-    from .cuda import SMEM_PER_CTA, fits
+    from .cuda import fits
 
     if spec.device != "cuda" or spec.n_leads is None:
         return None
-    return fits(spec.n_leads, spec.shape[-1], spec.dtype, SMEM_PER_CTA.get(spec.capability, 101376))
+    return fits(spec.n_leads, spec.shape[-1], spec.dtype, SMEM_PER_CTA.get(spec.capability, SMEM_PER_CTA_UNKNOWN))
 
 
 # GPU generations (compute capability) on which the cuda backend's GPU parity tests have passed, with the

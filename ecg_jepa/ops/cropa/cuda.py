@@ -3,22 +3,20 @@ loaded ahead of time (``ecg_jepa._C``) or built just in time on first use, compl
 implementation and autograd as every fused backend (:mod:`.fused`).
 
 The kernels keep a CTA's working set in shared memory (csrc/cropa_attention.cu): :func:`shared_memory`
-mirrors their layout so that the dispatcher can tell, from a description of the inputs alone, whether a
-problem fits a GPU (a test checks the mirror against the C++ layout, compiled for the CPU).
+mirrors their layout and :func:`plan` their choice of leads per CTA, so that the dispatcher and the kernel
+report can tell, from a description of the inputs alone, whether and how a problem fits a GPU (a test
+checks the mirror against the C++ plan, compiled for the CPU).
 """
 from __future__ import annotations
 
 import torch
 
 from ... import build_ext
+from ...limits import CUDA_CTAS_PER_SM
+from ...limits import CUDA_TILE as TILE
 from .fused import register
 
 _ops: dict = {}
-
-TILE = 16
-# Shared memory a CTA may use (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability, for
-# devices described rather than present.
-SMEM_PER_CTA = {(8, 0): 166912, (8, 6): 101376, (8, 9): 101376, (9, 0): 232448, (10, 0): 232448, (12, 0): 101376}
 
 
 def _carve(*sizes: int) -> int:
@@ -39,12 +37,20 @@ def shared_memory(leads: int, group: int, head_dim: int, element_size: int) -> t
     return fwd, bwd
 
 
-def smem_limit(capability: tuple[int, int] | None, device: torch.device | None = None) -> int | None:
-    """The shared memory a CTA may use on the device (queried when present, else from the table)."""
-    if device is not None and device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return getattr(props, "shared_memory_per_block_optin", None) or SMEM_PER_CTA.get(capability)
-    return SMEM_PER_CTA.get(capability) if capability is not None else None
+def plan(leads: int, head_dim: int, element_size: int, limit: int) -> tuple[int, int, int, int]:
+    """(forward leads per CTA, backward leads per CTA, forward shared bytes, backward shared bytes) on a GPU
+    allowing ``limit`` bytes per CTA, as csrc ``attention_plan`` decides them: per pass the most leads that
+    leave room for :data:`~ecg_jepa.limits.CUDA_CTAS_PER_SM` CTAs per SM, else the most that fit, else 0
+    (and 0 bytes): does not fit."""
+    def bytes_of(group: int, index: int) -> int:
+        return shared_memory(leads, group, head_dim, element_size)[index] if group else 0
+
+    def best(index: int) -> int:
+        return next((g for budget in (limit // CUDA_CTAS_PER_SM, limit) for g in range(leads, 0, -1)
+                     if bytes_of(g, index) <= budget), 0)
+
+    fwd, bwd = best(0), best(1)
+    return fwd, bwd, bytes_of(fwd, 0), bytes_of(bwd, 1)
 
 
 def fits(leads: int, head_dim: int, dtype: torch.dtype, limit: int) -> str | None:

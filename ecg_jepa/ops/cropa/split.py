@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ...limits import TRITON_FP32_MAX_HEAD_DIM
 from ..registry import device_guard, interpreter_active
 from .fused import LOG2E, register, strides3, unit_last
 
@@ -39,8 +40,6 @@ in registers with no spill on sm_80 and sm_90 at 4 warps (``python -m ecg_jepa.k
 16 leads, up to d = 128 in 16 bits and d = 64 in fp32 (beyond that, fp32 takes the pure-torch column pass).
 With more leads the slot block bottoms out at 1 and the tile grows past this (checked for 17 leads only
 under the interpreter)."""
-
-TRITON_FP32_MAX_HEAD_DIM = 64
 
 
 def padded_slots(n_slots: int) -> int:

@@ -13,14 +13,7 @@ import torch
 from ... import build_ext
 from ...errors import InputError, InputTypeError
 from ..layout import SlotMask
-from ..registry import (
-    Backend,
-    Capabilities,
-    Dispatcher,
-    InputSpec,
-    needs_grad,
-    triton_available,
-)
+from ..registry import Backend, Capabilities, Dispatcher, InputSpec, needs_grad, triton_available
 from .reference import reference
 
 
