@@ -6,19 +6,22 @@ tensor-core FLOPs it issues (padded tiles counted), the CUDA-core FLOPs of its c
 programs and CTAs per SM (from the offline kernel report). Two bounds:
 
 - resources: every resource overlapping perfectly (the maximum of the per-resource times) to half of the
-  non-dominant time exposed, from ceilings measured on an H100 (copy 3,000 GB/s, bf16 matmul 687 TFLOP/s;
-  L1 and fp32 rates from the datasheet);
+  non-dominant time exposed, from the copy and bf16 matmul ceilings measured on an H100 in the run of
+  :data:`MEASURED` (L1 and fp32 rates from the datasheet);
 - latency: a program is a chain of dependent memory round trips (each load waited for before the next
   iteration issues its own), so the kernel takes (waves of programs) x (round trips per program) x (the
-  time of one round trip). The round-trip times are fitted to the first H100 sweep
-  (``benchmarks/results/h100-20261126``): 0.75 µs forward, 1.3 µs backward (its iterations do more work).
+  time of one round trip). The round-trip times (:data:`ROUND_TRIP_US`, model parameters) are fitted to
+  that run's sweep (its backward iterations do more work).
 
 The prediction is the larger of the two. The sweep's kernel times are explained by the latency bound
-within about 30 %; the resource bound is 3-10x below them. Nothing here needs a GPU.
+within about 30 %; the resource bound is 3-10x below them. Measured numbers (ceilings, kernel times, the
+sweep) are read from the committed result files of :data:`MEASURED`. Nothing here needs a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -28,23 +31,42 @@ import torch
 
 from .bench_cropa import SHAPES, AttnShape
 
-HBM_GBPS = 3000.0  # measured device copy on the H100 (shared/gpu/h100-2026-11-26.md)
-TC_TFLOPS = 687.0  # measured bf16 8192^3 matmul
+MEASURED = Path(__file__).resolve().parent / "results" / "h100-20261126"
+"""The H100 run the model is fitted to and compared with: ``bench-kernels.json`` (the ceilings, triton's and
+sdpa's times) and ``tune-cropa.json`` (the sweep)."""
+
 SMS = 132
 CLOCK_GHZ = 1.755
 L1_GBPS = SMS * 128 * CLOCK_GHZ  # 128 B/clk/SM of L1 load bandwidth ≈ 29.7 TB/s
 FP32_TFLOPS = SMS * 128 * 2 * CLOCK_GHZ / 1e3  # 128 FP32 lanes/SM, an FMA = 2 FLOPs ≈ 59 TFLOP/s
 LAUNCH_US = 4.0  # a kernel launch and its tail, roughly
-ROUND_TRIP_US = {"cropa_fwd_kernel": 0.75, "cropa_bwd_kernel": 1.3}  # fitted: H100 sweep of 2026-11-26
+ROUND_TRIP_US = {"cropa_fwd_kernel": 0.75, "cropa_bwd_kernel": 1.3}  # model parameters, fitted to MEASURED's sweep
 
 TARGETS_FWD_BWD_MS = {"B64 H16 L8xT50=N400 d48": 0.22, "B64 H16 L8xT23=N184 d48": 0.11,
                       "B128 H16 L8xT17=N136 d48": 0.12, "B64 H16 L12xT50=N600 d48": 0.36}
-# Measured side by side on an H100 (benchmarks/results/h100-20261126/bench-kernels.md): triton and
-# sdpa+mask, forward / forward+backward ms (L8 T23's sdpa was disturbed in that run: 0.539 in the first).
-TODAY_MS = {"B64 H16 L8xT50=N400 d48": (0.289, 1.435), "B64 H16 L8xT23=N184 d48": (0.162, 1.061),
-            "B128 H16 L8xT17=N136 d48": (0.288, 1.006), "B64 H16 L12xT50=N600 d48": (0.760, 3.195)}
-SDPA_FWD_BWD_MS = {"B64 H16 L8xT50=N400 d48": 1.118, "B64 H16 L8xT23=N184 d48": 0.539,
-                   "B128 H16 L8xT17=N136 d48": 0.664, "B64 H16 L12xT50=N600 d48": 1.835}
+
+
+@functools.lru_cache(maxsize=None)
+def measured(name: str) -> dict:
+    """A result file of :data:`MEASURED`, parsed; a clear error if it is not there."""
+    path = MEASURED / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the performance model reads its measured numbers from the "
+                                "committed H100 results (restore benchmarks/results/h100-20261126/)")
+    return json.loads(path.read_text())
+
+
+def ceiling(key: str) -> float:
+    """A ceiling measured in the run (``copy_GBps``: device copy, bytes read + written; ``bf16_TFLOPs``)."""
+    return measured("bench-kernels.json")["machine"]["ceilings"][key]
+
+
+def bench_ms(impl: str, shape: str, attr: str) -> float:
+    """The median ms of ``impl``'s bf16 attention row at ``shape`` in the run (``attr``: fwd or fwd_bwd)."""
+    for row in measured("bench-kernels.json")["rows"]:
+        if (row["case"], row["impl"], row["shape"], row["dtype"]) == ("attention", impl, shape, "bfloat16") and row[attr]:
+            return row[attr]["median"]
+    raise KeyError(f"no timed bfloat16 {impl} attention row at {shape} in {MEASURED / 'bench-kernels.json'}")
 
 
 @dataclass
@@ -60,8 +82,8 @@ class Estimate:
 
     @property
     def times_us(self) -> dict:
-        return {"hbm": self.hbm_min_mb / HBM_GBPS * 1e3, "l1": self.loaded_mb / L1_GBPS * 1e3,
-                "tensor": self.tc_gflop / TC_TFLOPS * 1e3, "fp32": self.fp32_gflop / FP32_TFLOPS * 1e3}
+        return {"hbm": self.hbm_min_mb / ceiling("copy_GBps") * 1e3, "l1": self.loaded_mb / L1_GBPS * 1e3,
+                "tensor": self.tc_gflop / ceiling("bf16_TFLOPs") * 1e3, "fp32": self.fp32_gflop / FP32_TFLOPS * 1e3}
 
     @property
     def waves(self) -> float:
@@ -100,21 +122,11 @@ def estimates(shape: AttnShape, ctas: dict[str, int], cfg=None) -> list[Estimate
     tp = nb * cfg.block_t
     groups = math.ceil(n_leads / cfg.leads_per_program)
     loads = n * d * (1 + 2 * nb + 2 * (n_leads - 1))  # q; the lead's K, V per slot block; column K_m, V_m
-    if cfg.gather:  # one program per (batch, head, lead, 16 slots); its loads come in 3 batches (SASS, sm_90)
-        from ecg_jepa.ops.cropa.triton import GATHER_SLOTS as G
-
-        blocks, cols = math.ceil(shape.slots / G), cfg.lanes * G
-        per_program = G + 2 * (n_leads - 1) * G + 2 * nb * cfg.block_t  # q, column K and V, the lead's K and V
-        out.append(Estimate(
-            "cropa_fwd_kernel", bh * (4 * n * d * el + 4 * n) / big, bh * n_leads * blocks * per_program * d * el / big,
-            bh * n_leads * blocks * (2 * 2 * G * cols * cfg.block_d + nb * 2 * 2 * G * cfg.block_t * cfg.block_d) / 1e9,
-            0.0, bh * n_leads * blocks, ctas["fwd"], 2 + nb))
-    else:
-        out.append(Estimate(
-            "cropa_fwd_kernel", bh * (4 * n * d * el + 4 * n) / big, bh * loads * el / big,
-            bh * n_leads * nb * nb * 4 * cfg.block_t ** 2 * cfg.block_d / 1e9,
-            bh * n_leads * (n_leads - 1) * tp * cfg.block_d * 4 / 1e9,  # QK and PV, 2 FLOPs per element each
-            bh * groups, ctas["fwd"], cfg.leads_per_program * nb * (2 * n_leads - 1 + nb)))
+    out.append(Estimate(
+        "cropa_fwd_kernel", bh * (4 * n * d * el + 4 * n) / big, bh * loads * el / big,
+        bh * n_leads * nb * nb * 4 * cfg.block_t ** 2 * cfg.block_d / 1e9,
+        bh * n_leads * (n_leads - 1) * tp * cfg.block_d * 4 / 1e9,  # QK and PV, 2 FLOPs per element each
+        bh * groups, ctas["fwd"], cfg.leads_per_program * nb * (2 * n_leads - 1 + nb)))
     # Backward: one program per (batch, head); Delta's row blocks, then per lead and slot block: dq (row
     # blocks, then K_m and V_m lead by lead), dk and dv (row blocks, then Q_m and dO_m lead by lead).
     nb = math.ceil(shape.slots / cfg.bwd_block_t)
@@ -148,23 +160,17 @@ def _ctas(shape: AttnShape, cfg=None) -> dict[str, int]:
     return got
 
 
-SWEEP = Path(__file__).resolve().parent / "results" / "h100-20261126" / "tune-cropa.json"
-
-
-def look_back(sweep: Path = SWEEP) -> str:
+def look_back() -> str:
     """The model against the H100 sweep's kernel times, for the configurations that separate its causes:
     every lead in one forward program or one lead each; 32- or 64-slot backward tiles."""
     import dataclasses
-    import json
 
     from ecg_jepa.ops.cropa.triton import config
 
-    if not sweep.exists():
-        return f"(no sweep results at {sweep})"
     lines = ["| shape | leads / fwd program | bwd tile | CTAs/SM fwd, bwd | measured fwd / bwd µs | "
              "latency model fwd / bwd µs | resource bound fwd / bwd µs |", "|" + "---|" * 7]
     shapes = {str(s): s for s in SHAPES["goal"]}
-    for row in json.loads(sweep.read_text())["rows"]:
+    for row in measured("tune-cropa.json")["rows"]:
         c, shape = row["config"], shapes.get(row["shape"])
         if shape is None or c["num_warps"] != 4 or c["bwd_num_warps"] != 4 or c["leads_per_program"] not in (1, shape.leads):
             continue
@@ -198,29 +204,12 @@ def report() -> str:
                          f"{t['l1']:.0f} | {t['tensor']:.0f} | {t['fp32']:.0f} | {low:.0f}–{high:.0f} | {e.latency_us:.0f} |")
         key = str(shape)
         fwd, both = ests[0].predict_us(), sum(e.predict_us() for e in ests)
-        sdpa = SDPA_FWD_BWD_MS[key]
-        summary.append(f"| {key} | {TODAY_MS[key][0]:.3f} / {TODAY_MS[key][1]:.3f} | {fwd / 1e3:.3f} | {both / 1e3:.3f} | "
-                       f"≤ {TARGETS_FWD_BWD_MS[key]:.2f} | {sdpa:.3f} | {sdpa / (both / 1e3):.2f}x |")
-    return ("Current defaults (kernel time; fwd+bwd adds the autograd wrapper's few µs):\n\n" + "\n".join(lines)
-            + "\n\n" + "\n".join(summary) + "\n\nThe model against the H100 sweep:\n\n" + look_back()
-            + "\n\nThe gathered-column forward (`Config.gather`), predicted:\n\n" + gathered())
-
-
-def gathered() -> str:
-    """The latency model's forward time with the column part gathered, at each goal shape (sm_90)."""
-    import dataclasses
-
-    from ecg_jepa.ops.cropa.triton import config
-
-    lines = ["| shape | programs | CTAs/SM | round trips / program | latency µs | resources µs | predicted fwd ms "
-             "| measured default fwd ms |", "|" + "---|" * 8]
-    for shape in SHAPES["goal"]:
-        cfg = dataclasses.replace(config(shape.leads, shape.slots, shape.d, torch.bfloat16), gather=True)
-        e = estimates(shape, _ctas(shape, cfg), cfg)[0]
-        low, high = e.resources_us()
-        lines.append(f"| {shape} | {e.programs} | {e.ctas_per_sm} | {e.round_trips} | {e.latency_us:.0f} | "
-                     f"{low:.0f}–{high:.0f} | {e.predict_us() / 1e3:.3f} | {TODAY_MS[str(shape)][0]:.3f} |")
-    return "\n".join(lines)
+        sdpa = bench_ms("sdpa", key, "fwd_bwd")
+        summary.append(f"| {key} | {bench_ms('triton', key, 'fwd'):.3f} / {bench_ms('triton', key, 'fwd_bwd'):.3f} | "
+                       f"{fwd / 1e3:.3f} | {both / 1e3:.3f} | ≤ {TARGETS_FWD_BWD_MS[key]:.2f} | {sdpa:.3f} | "
+                       f"{sdpa / (both / 1e3):.2f}x |")
+    return (f"Current defaults (kernel time; fwd+bwd adds the autograd wrapper's few µs; measured: {MEASURED.name}):\n\n"
+            + "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n\nThe model against the H100 sweep:\n\n" + look_back())
 
 
 def main(argv: list[str] | None = None) -> int:
