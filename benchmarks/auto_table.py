@@ -12,6 +12,8 @@ from pathlib import Path
 from ecg_jepa.ops.cropa import BACKENDS
 from ecg_jepa.ops.cropa.measured import TABLE_FILE
 
+from .verdict import passed
+
 SHAPE = re.compile(r"B(\d+) H(\d+) L(\d+)xT(\d+)=N\d+ d(\d+)")
 
 
@@ -22,7 +24,7 @@ def table_of(result: dict, dtype: str, source: str) -> dict:
         raise SystemExit(f"that result was measured on {machine['device']}, not a GPU: auto's tables are for GPUs")
     shapes: dict[str, dict] = {}
     for row in result["rows"]:
-        if row["case"] != "attention" or row["dtype"] != dtype or row["impl"] not in BACKENDS or row["parity"] != "ok":
+        if row["case"] != "attention" or row["dtype"] != dtype or row["impl"] not in BACKENDS or not passed(row["parity"]):
             continue
         b, h, leads, slots, d = map(int, SHAPE.fullmatch(row["shape"]).groups())
         entry = shapes.setdefault(row["shape"], dict(batch=b, heads=h, leads=leads, slots=slots, head_dim=d,

@@ -19,6 +19,7 @@ from ecg_jepa.ops.registry import InputSpec
 
 from .report import Row
 from .timing import time_call
+from .verdict import judge, not_applicable, skipped
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def rows(shape: AttnShape, dtype: torch.dtype, device: torch.device, budget: flo
     nbytes = 4.0 * shape.b * shape.h * shape.n * shape.d * q.element_size()
     out = []
     for impl in impls or (*BACKENDS, "dense"):
-        row = Row("attention", str(shape), str(dtype).removeprefix("torch."), impl, "ok", flops=flops, bytes=nbytes)
+        row = Row("attention", str(shape), str(dtype).removeprefix("torch."), impl, flops=flops, bytes=nbytes)
         out.append(row)
         with _row_kernel(impl):
             _measure(row, impl, shape, qkv, g, device, budget)
@@ -147,25 +148,22 @@ def _measure(row: Row, impl: str, shape: AttnShape, qkv: torch.Tensor, g: torch.
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     reason = why_not_timed(impl, q, shape.leads, False)
     if reason is not None:
-        row.parity = f"skipped: {reason}"
+        row.parity = skipped(reason)
         return
     train_reason = why_not_timed(impl, q, shape.leads, True)
     if impl in ROW_PASS or impl == "dense":
-        row.parity = "n/a: the row pass alone, not CroPA" if impl in ROW_PASS else "n/a: every key, not CroPA"
+        row.parity = not_applicable("the row pass alone, not CroPA" if impl in ROW_PASS else "every key, not CroPA")
     else:
-        try:
-            name = "split" if impl == SPLIT_LIBRARY else impl
-            row.parity = parity(name, q[:1], k[:1], v[:1], shape.leads, None if train_reason else g[:1]).summary()
-        except Exception as e:  # a backend that crashes (or cannot build) is reported, not fatal
-            row.parity = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        if row.parity != "ok":
+        name = "split" if impl == SPLIT_LIBRARY else impl
+        row.parity, ok = judge(lambda: parity(name, q[:1], k[:1], v[:1], shape.leads, None if train_reason else g[:1]))
+        if not ok:
             return
     fn = _fn(impl)
     if impl in ROW_PASS:
         try:  # a kernel PyTorch will not run at this shape is reported, not fatal
             fn(q, k, v, shape.leads)
         except RuntimeError as e:
-            row.parity = f"n/a: {str(e).splitlines()[0][:100]}"
+            row.parity = not_applicable((str(e).splitlines() or [""])[0][:100])
             return
     with torch.no_grad():
         row.fwd = time_call(lambda: fn(q, k, v, shape.leads), device, budget)

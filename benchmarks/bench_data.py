@@ -20,6 +20,9 @@ from ecg_jepa.data.shards import (
 )
 
 from .report import Row
+from .verdict import not_applicable
+
+THROUGHPUT = not_applicable("a throughput, no result to compare")
 
 
 def rows(n_records: int, n_loader: int, workers: int = 2, epochs: int = 2) -> list[Row]:
@@ -33,7 +36,7 @@ def rows(n_records: int, n_loader: int, workers: int = 2, epochs: int = 2) -> li
             (src / f"r{i}.json").write_text(json.dumps({"fs": 500, "leads": list(STANDARD_12)}))
         tic = time.perf_counter()
         prepare_data(src, prepared, workers=workers, progress=False)
-        row = Row("prepare-data", f"{n_records} records, {workers} workers", "float16", "ours", "n/a: a throughput")
+        row = Row("prepare-data", f"{n_records} records, {workers} workers", "float16", "ours", THROUGHPUT)
         row.extra["records_per_s"] = n_records / (time.perf_counter() - tic)
         out.append(row)
         # Loader: one shard of n_loader records, shuffled batches of 256, after a warm-up epoch.
@@ -47,7 +50,7 @@ def rows(n_records: int, n_loader: int, workers: int = 2, epochs: int = 2) -> li
         tic = time.perf_counter()
         seen = sum(len(x) for _ in range(epochs) for x, _ in loader)
         row = Row("shard loader", f"{n_loader} records, batch 256, {workers} workers", "float16->float32", "ours",
-                  "n/a: a throughput")
+                  THROUGHPUT)
         row.extra["ecg_per_s"] = seen / (time.perf_counter() - tic)
         out.append(row)
     return out

@@ -15,6 +15,7 @@ from ecg_jepa.ops.registry import InputSpec
 
 from .report import Row
 from .timing import time_call
+from .verdict import judge, skipped
 
 N_VISIBLE = 27
 
@@ -43,18 +44,15 @@ def rows(b: int, dim: int, dtype: torch.dtype, device: torch.device, budget: flo
     grad = torch.randn(b, n_tok, dim, device=device, dtype=dtype)
     out = []
     for impl in BACKENDS:
-        row = Row("patch embed", f"B{b} 8x2500 -> {n_tok} tok x D{dim}", str(dtype).removeprefix("torch."), impl, "ok",
+        row = Row("patch embed", f"B{b} 8x2500 -> {n_tok} tok x D{dim}", str(dtype).removeprefix("torch."), impl,
                   flops=2.0 * b * n_tok * 50 * dim, bytes=nbytes)
         out.append(row)
         reason = why_not_timed(impl, x)
         if reason is not None:
-            row.parity = f"skipped: {reason}"
+            row.parity = skipped(reason)
             continue
-        try:
-            row.parity = parity(impl, x[:1], w, bias, pos, mask, grad=grad[:1]).summary()
-        except Exception as e:  # reported, not fatal
-            row.parity = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        if row.parity != "ok":
+        row.parity, ok = judge(lambda: parity(impl, x[:1], w, bias, pos, mask, grad=grad[:1]))
+        if not ok:
             continue
         trusted = dict(mask=SlotMask.of(mask, b), leads=torch.arange(8, device=device, dtype=torch.int32),
                        backend=impl, check_finite=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .bench_train_step import make_step
+from .bench_train_step import build, make_step
 from .timing import machine
 
 GROUPS = (  # first match wins; matched against the lower-cased kernel name
@@ -67,7 +67,10 @@ def profile(preset: str, batch: int, compiled: bool, steps: int = 5, attn: str =
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     device = torch.device("cuda")
-    step = make_step(preset, batch, device, torch.bfloat16, attn, compiled)
+    model = build(preset, device, attn)
+    if compiled:
+        model.compile_blocks()
+    step = make_step(model, batch, device, torch.bfloat16)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()

@@ -8,20 +8,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .timing import Timing
+from .verdict import UNCHECKED
 
 ALTERNATIVES = ("sdpa", "flex", "dense")  # the best non-ours ways to run an attention
 
 
 @dataclass
 class Row:
-    """One timed (or refused) configuration. ``flops``: forward FLOPs (the backward counts 2.5x);
-    ``bytes``: the minimum forward bytes moved (each input read once, each output written once)."""
+    """One timed (or refused) configuration. ``parity``: its verdict (:mod:`.verdict`), unchecked until a
+    check ran; ``flops``: forward FLOPs (the backward counts 2.5x); ``bytes``: the minimum forward bytes
+    moved (each input read once, each output written once)."""
 
     case: str
     shape: str
     dtype: str
     impl: str
-    parity: str
+    parity: str = UNCHECKED
     fwd: Timing | None = None
     fwd_bwd: Timing | None = None
     flops: float = 0.0
@@ -47,6 +49,15 @@ def add_ratios(rows: list[Row]) -> None:
                     r.extra[f"{attr}_vs_ref"] = ref.median / t.median
                 if alts:
                     r.extra[f"{attr}_vs_alt"] = min(alts) / t.median
+
+
+LEGEND = f"""Parity: `ok`: the row's result (forward, and gradients where it has them) was compared with a float64 run
+and was within 2x the same-precision reference's own error plus one unit in the last place
+(`ecg_jepa/ops/parity.py`); encoder blocks and training steps are compared with twins of the same weights
+whose attention is the `reference` backend. `FAIL <what> err <max> > <allowed>`: it was not (or the check
+raised): the row is not timed. `n/a: <reason>`: nothing to compare (not CroPA, a throughput), or a
+recorded table whose check never ran. `skipped: <reason>`: the backend cannot run here. `{UNCHECKED}`: no
+check ran on the row (a benchmark bug): do not trust it."""
 
 
 def _fmt_t(t: Timing | None) -> str:

@@ -1,5 +1,5 @@
 """``ecg-jepa bench``: every benchmark of the suite in one run, one table, result files with the
-machine, versions and commit. Parity first: a backend that fails it is reported and never timed."""
+machine, versions and commit. Parity first (:mod:`.verdict`): a row that fails it is reported and never timed."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import bench_block, bench_cropa, bench_data, bench_patch_embed, bench_train_step
-from .report import Row, add_ratios, progress_line, table, write
+from .report import LEGEND, Row, add_ratios, progress_line, table, write
 from .timing import ceilings, machine
 
 PARTS = ("attention", "patch-embed", "block", "train-step", "data")
@@ -58,7 +58,7 @@ def run(quick: bool = False, device: str | None = None, out: str | Path = "runs/
     info = {**machine(dev), "ceilings": ceil, "kind": kind, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     header = (f"{info['device']} ({info.get('cpu_threads')} threads), torch {info['torch']}, triton {info['triton']}, "
               f"commit {info['commit']}" + (f", ceilings {ceil}" if ceil else ""))
-    md = f"{header}\n\n{table(rows, ceil)}\n"
+    md = f"{header}\n\n{table(rows, ceil)}\n\n{LEGEND}\n"
     stem = Path(out) / f"bench-{dev.type}{'-quick' if quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     write(stem, rows, info, md)
     return md, stem

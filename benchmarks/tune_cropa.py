@@ -1,8 +1,9 @@
 """Sweep the Triton CroPA kernels' launch configurations on a GPU: ``python -m ecg_jepa.benchmarks.tune_cropa``.
 
 For each shape of the speed goals, every configuration near the default (leads per program, warps, slot
-tiles) is checked for parity against the float64 oracle on one sample, forward and gradients; one that
-fails is reported and not timed; the others are timed (forward alone, backward alone) with
+tiles) is checked for parity against the float64 oracle on one sample, forward and gradients, by the
+benchmark's shared check (:func:`.verdict.judge`); one that fails (or crashes) is reported and not timed; the
+others are timed (forward alone, backward alone) with
 ``triton.testing.do_bench``. Prints a table and writes JSON; the defaults in
 ``ecg_jepa.ops.cropa.triton.config`` are meant to follow what this measures. (The prefetching column loops
 and the gathered-column forward were swept on an H100 and an H200 and lost: deleted.)
@@ -22,13 +23,14 @@ from ecg_jepa.ops.cropa.testing import parity
 
 from .bench_cropa import SHAPES, AttnShape
 from .timing import machine, time_call
+from .verdict import judge
 
 
-def _tensors(shape: AttnShape, dtype: torch.dtype):
-    qkv = torch.randn(shape.b, shape.n, 3, shape.h, shape.d, device="cuda", dtype=dtype)
+def _tensors(shape: AttnShape, dtype: torch.dtype, device: torch.device):
+    qkv = torch.randn(shape.b, shape.n, 3, shape.h, shape.d, device=device, dtype=dtype)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)  # as CroPAAttention lays them out
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty(shape.b, shape.h, shape.n, device="cuda")
+    lse = torch.empty(shape.b, shape.h, shape.n, device=device)
     return q, k, v, out, lse
 
 
@@ -54,9 +56,8 @@ def _kernels(cfg: launch.Config):
     """The forward and backward launches of ``cfg`` as a parity callable (``testing.parity``)."""
 
     def run(q, k, v, n_leads, grad_out):
-        q, k, v = (x.cuda() for x in (q, k, v))
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        lse = torch.empty(q.shape[:-1], device="cuda")
+        lse = torch.empty(q.shape[:-1], device=q.device)
         kernel, grid, args, kwargs = launch.fwd_launch(q, k, v, out, lse, n_leads, q.shape[-1] ** -0.5, cfg)
         kernel[grid](*args, **kwargs)
         grads = [torch.empty_like(out) for _ in range(3)]
@@ -68,13 +69,16 @@ def _kernels(cfg: launch.Config):
     return run
 
 
-def measure(shape: AttnShape, dtype: torch.dtype, cfg: launch.Config, budget: float) -> dict:
-    """Parity (forward and gradients, one sample), then, if it holds, the forward's and backward's times."""
-    q, k, v, out, lse = _tensors(shape, dtype)
+def measure(shape: AttnShape, dtype: torch.dtype, cfg: launch.Config, budget: float,
+            device: torch.device | str = "cuda") -> dict:
+    """Parity (forward and gradients, one sample), then, if it holds, the forward's and backward's times
+    (``device``: a GPU; the CPU runs the kernels in Triton's interpreter, for tests)."""
+    device = torch.device(device)
+    q, k, v, out, lse = _tensors(shape, dtype, device)
     g = torch.randn_like(out)
-    result = parity(_kernels(cfg), q[:1], k[:1], v[:1], shape.leads, g[:1])
-    row = {"config": dataclasses.asdict(cfg), "fwd_ms": None, "bwd_ms": None, "parity": result.summary()}
-    if not result.ok:
+    verdict, ok = judge(lambda: parity(_kernels(cfg), q[:1], k[:1], v[:1], shape.leads, g[:1]))
+    row = {"config": dataclasses.asdict(cfg), "fwd_ms": None, "bwd_ms": None, "parity": verdict}
+    if not ok:
         return row
     scale = shape.d ** -0.5
     kernel, grid, args, kwargs = launch.fwd_launch(q, k, v, out, lse, shape.leads, scale, cfg)
