@@ -2,8 +2,10 @@
 library calls and prints or writes what they return.
 
 Bad input (an :class:`~ecg_jepa.errors.InputError` from the library) is printed as one line, exit status 2;
-a run stopped by SIGTERM/SIGINT after its checkpoint exits with 128 + the signal; a command that skipped
-unreadable records says how many and exits with 1; anything else is a bug and keeps its traceback.
+a run stopped by SIGTERM/SIGINT after its checkpoint exits with 128 + the signal; a run stopped from outside
+(:class:`~ecg_jepa.errors.RunError`: a rank that stopped answering, a checkpoint that could not be written)
+prints one line and exits with 1, as does a command that skipped unreadable records (it says how many);
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .constants import LEADS
-from .errors import InputError
+from .errors import InputError, RunError
+from .train.distributed import DEFAULT_TIMEOUT
 
 
 def _pretrain_data(args: argparse.Namespace):
@@ -44,7 +47,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = init_world(args.device)
+    world = init_world(args.device, args.collective_timeout)
     say = print if world.main else (lambda *a, **k: None)
     data, what = _pretrain_data(args)
     plan = resolve_recipe(args.preset, args.mask, len(data), batch_size=args.batch_size, lr=args.lr, epochs=args.epochs,
@@ -63,8 +66,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:  # the banner comes once the run folder and a resumed checkpoint are accepted: a refused run never looks started
         model = pretrain(cfg, data, out, resume=args.resume, overwrite=args.overwrite, world=world, say=say,
                          banner=banner)
-    except Preempted as e:
-        say(f"ecg-jepa pretrain: {e}")
+    except Preempted as e:  # every rank says it: each one exits 128 + signal
+        print(f"ecg-jepa pretrain{f' (rank {world.rank})' if world.size > 1 else ''}: {e}")
         return 128 + e.signum
     finally:
         close_world(world)
@@ -317,6 +320,9 @@ def _add_pretrain(sub) -> None:
                    help="minutes between checkpoints (also after the first step and on SIGTERM/SIGINT)")
     g.add_argument("--log-every", type=_count(1), default=10, metavar="STEPS",
                    help="steps between log writes (the only time the host waits for the GPU)")
+    g.add_argument("--collective-timeout", type=_positive_float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help="with torchrun: seconds any rank waits for the others before the run stops with an error "
+                        "naming the rank that stopped answering (default: %(default)g)")
     g = p.add_argument_group("speed")
     g.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when there is a GPU)")
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
@@ -460,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"ecg-jepa {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # stopped from outside (a lost rank, a failed checkpoint write): one line
+        print(f"ecg-jepa {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -197,3 +197,21 @@ def test_load_encoder_explains_bad_files(tmp_path, content, match):
     path.write_bytes(content)
     with pytest.raises(InputError, match=match):
         load_encoder(path)
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
+    """A failed write (a full disk) ends the run with the reason, exit status 1; the previous checkpoint stays."""
+    from ecg_jepa.cli import main
+
+    save = RunFolder.save
+
+    def full_disk(self, payload):
+        if payload["step"] == 5:
+            raise OSError(28, "No space left on device")
+        save(self, payload)
+
+    monkeypatch.setattr(RunFolder, "save", full_disk)
+    assert main(["pretrain", *ARGS, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "could not write the checkpoint of step 5" in err and "No space left" in err and "--resume" in err, err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 1

@@ -51,6 +51,21 @@ def step_loader(batches: StepBatches, start: int, steps: int, workers: int, pin:
                       prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_interrupts)
 
 
+def quiet_worker_deaths(batches) -> None:
+    """Let the loader's workers die without an exception landing in the middle of a training step.
+
+    PyTorch's loader raises from a SIGCHLD handler as soon as a worker dies, wherever the training process
+    is; a SIGTERM to the whole process group (a scheduler's pre-emption) kills the workers, so that
+    exception would tear down a step the signal asked to finish. Unregistered, a dead worker shows at the
+    next batch request instead (within ``MP_STATUS_CHECK_INTERVAL``, 5 s), where the training loop decides
+    whether it was the stop signal or a real failure."""
+    from torch.utils.data._utils import signal_handling
+
+    if getattr(batches, "_worker_pids_set", False):
+        signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+
+
 def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, SlotMask]:
     """(x, slot mask) of a loaded batch on ``device`` (non-blocking copies of pinned memory)."""
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731

@@ -12,7 +12,10 @@ The step reads no tensor back: batches are checked and their masks prepared by t
 ``log_every`` steps, the only time the host waits for the GPU. Checkpoints are written after the first
 step, every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and on SIGTERM/SIGINT (then the run
 stops with :class:`Preempted`); the previous checkpoint is kept until the new one is complete
-(:mod:`.run_folder`).
+(:mod:`.run_folder`). Before each step the ranks agree (:meth:`~.distributed.World.agree`, a host-side
+gloo all-gather) on whether any of them was signalled or lost its loader, so a signal that reaches one rank,
+all of them or only their loader workers, in any order, stops every rank after the same step, with one
+checkpoint of it.
 """
 from __future__ import annotations
 
@@ -25,16 +28,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..atomic import load_torch
+from ..errors import InputError, RunError
 from ..model.jepa import JEPA
 from ..model.masks import multiblock_mask, random_mask
-from .distributed import World, barrier
-from .loader import StepBatches, step_loader, to_device
+from .distributed import World
+from .loader import StepBatches, quiet_worker_deaths, step_loader, to_device
 from .metrics import bf16_peak_tflops, peak_memory_mb, step_flops
 from .run_folder import LOG as LOG_NAME, RunFolder
 from .schedule import cosine_lr, ema_momentum
@@ -42,6 +45,7 @@ from .schedule import cosine_lr, ema_momentum
 CKPT_FORMAT = "ecg-jepa-pretrain/1"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The fields that decide what a run computes: a resume must match them; the others may change.
+LOADER_GRACE = 2.0  # seconds a rank whose loader failed waits for the signal that may have caused it
 IDENTITY = ("preset", "mask", "per_sample_masks", "steps", "batch_size", "lr", "warmup_steps", "weight_decay",
             "precision", "seed")
 
@@ -195,6 +199,13 @@ class StopSignals:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum
 
+    def wait(self, seconds: float) -> int:
+        """Wait up to ``seconds`` for a signal; ``signum`` (0: none came)."""
+        deadline = time.monotonic() + seconds
+        while not self.signum and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.signum
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
@@ -254,33 +265,36 @@ def warm_up_kernels(model: JEPA, device: torch.device, precision: str) -> str | 
     return f"warmed CroPA attention's Triton kernels: {' and '.join(done)}, in {time.perf_counter() - tic:.1f} s"
 
 
-def _agree(world: World, device: torch.device, *flags: bool) -> list[bool]:
-    """Each flag true on any rank (one small all-reduce with several processes)."""
-    if world.size == 1:
-        return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
 def pretrain(
     cfg: PretrainConfig, data: Dataset, out: str | Path, resume: bool = False, progress: bool = True,
     world: World = World(), overwrite: bool = False, say=print, banner: str | None = None,
 ) -> JEPA:
     """Train ``cfg.steps`` steps on ``data`` (items ``(x, ...)``, x (L, 2500)); checkpoints, ``log.jsonl``,
     ``curves.png`` and ``summary.json`` go to ``out`` (rank 0). A folder that holds a run needs ``resume``
-    (continue from its newest readable checkpoint) or ``overwrite``. ``banner`` is said once the run is
-    sure to start (after the folder and the resumed checkpoint's config are accepted). Raises
-    :class:`Preempted` after a SIGTERM/SIGINT, once the checkpoint is written."""
+    (continue from its newest readable checkpoint) or ``overwrite``; a group torchrun restarted resumes by
+    itself. ``banner`` is said once the run is sure to start (after the folder and the resumed checkpoint's
+    config are accepted). Raises :class:`Preempted` after a SIGTERM/SIGINT to any rank, once the checkpoint
+    of the last step every rank completed is written, and :class:`~ecg_jepa.errors.RunError` when a rank
+    stops answering or the checkpoint cannot be written."""
     folder = RunFolder(out)
     say = say if world.main else (lambda *a, **k: None)
-    if world.main:
-        folder.lock()
+    if world.restart:
+        say(f"torchrun restarted the group (restart {world.restart}): resuming from the newest checkpoint in {out}")
+        resume, overwrite = True, False
     try:
-        state = folder.start(resume, overwrite, say) if world.main else None
-        barrier(world)
-        if not world.main and resume and folder.checkpoints():
-            state = folder._read_latest(say)
+        word, state = None, None
+        if world.main:
+            try:
+                folder.lock()
+                state = folder.start(resume, overwrite, say)
+                word = folder.resumed_from
+            except InputError as e:
+                word = e
+        word = world.from_main(word, "the wait for rank 0 to open the run folder")
+        if isinstance(word, InputError):
+            raise word
+        if not world.main and word is not None:
+            state = load_torch(word, "pretraining checkpoint")
         return _train(cfg, data, folder, state, progress, world, say, banner)
     finally:
         folder.unlock()
@@ -307,7 +321,8 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
         say(warmed)
     if cfg.compile:
         model.compile_blocks()
-    net = DistributedDataParallel(model) if world.size > 1 else model
+    with world.collective("DDP's broadcast of rank 0's weights"):
+        net = DistributedDataParallel(model) if world.size > 1 else model
     part = rank_slice(world, cfg.batch_size)
     batches = StepBatches(data, functools.partial(step_indices, cfg, n=len(data)), functools.partial(step_mask, cfg),
                           part)
@@ -331,25 +346,48 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
         pending, tic = [], time.perf_counter()
 
     def checkpoint(step: int) -> None:
+        """Rank 0 writes it; the others wait for its word, and every rank stops if the write failed."""
         nonlocal last_ckpt
+        failed = None
         if world.main:
-            folder.save(checkpoint_payload(model, opt, scaler, cfg, step))
-        barrier(world)
+            try:
+                folder.save(checkpoint_payload(model, opt, scaler, cfg, step))
+            except OSError as e:
+                failed = (f"rank 0 could not write the checkpoint of step {step} in {folder.path}: {e}; the "
+                          "previous checkpoint is kept: fix the cause and rerun with --resume")
+        failed = world.from_main(failed, f"the wait for rank 0's checkpoint of step {step}")
+        if failed:
+            raise RunError(failed)
         last_ckpt = time.perf_counter()
 
     done = start
     batches_in = iter(loader)
+    quiet_worker_deaths(batches_in)
     try:
         with StopSignals() as stop:
             while done < cfg.steps:
+                lost = None
                 try:
                     batch = next(batches_in)
-                except Exception:
-                    if not stop.signum:
-                        raise
-                    log_interval()  # the loader went down with the signal: keep what is done
+                except Exception as e:  # workers killed by the signal that stops the run, or a real failure
+                    lost = e
+                    stop.wait(LOADER_GRACE)  # the signal may reach this process just after its workers
+                due = world.main and time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes
+                flags = world.agree(done, (stop.signum, lost is not None, due))
+                signum = max(row[0] for row in flags)
+                if signum:  # any rank was told to stop: all stop after the same step, with its checkpoint
+                    log_interval()
                     checkpoint(done)
-                    raise Preempted(done, stop.signum, folder.path) from None
+                    raise Preempted(done, signum, folder.path)
+                if lost is not None:
+                    raise lost
+                if any(row[1] for row in flags):
+                    lost_on = [r for r, row in enumerate(flags) if row[1]]
+                    raise RunError(f"rank {lost_on[0]}'s data loader failed before step {done} (its own error says "
+                                   "why); every rank stops")
+                if any(row[2] for row in flags):
+                    log_interval()
+                    checkpoint(done)
                 if "error" in batch:
                     raise InputError(batch["error"])
                 step = batch["step"]
@@ -357,10 +395,11 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
                 lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                with autocast:
-                    loss, rep_std = net(x, mask, trusted=True)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                with world.collective(f"step {step}'s gradient all-reduce (DDP)"):
+                    with autocast:
+                        loss, rep_std = net(x, mask, trusted=True)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 momentum = ema_momentum(step, cfg.steps)
@@ -368,17 +407,11 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
                 pending.append((step, lr, momentum, loss.detach(), rep_std.detach(), mask.n_visible))
                 done = step + 1
                 flush = done % cfg.log_every == 0 or done == cfg.steps or done == start + 1
-                stop_now = due = False
-                if flush or world.size == 1:
-                    stop_now, due = _agree(world, device, stop.signum != 0,
-                                           time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes)
-                save = done == 1 or done % cfg.checkpoint_every == 0 or done == cfg.steps or due or stop_now
+                save = done == 1 or done % cfg.checkpoint_every == 0 or done == cfg.steps
                 if flush or save:
                     log_interval()
                 if save:
                     checkpoint(done)
-                if stop_now:
-                    raise Preempted(done, stop.signum or signal.SIGTERM, folder.path)
     finally:
         bar.close()
         if hasattr(batches_in, "_shutdown_workers"):  # workers stop now, not whenever the iterator is collected

@@ -30,6 +30,7 @@ class RunFolder:
 
     def __init__(self, out: str | os.PathLike) -> None:
         self.path = Path(out)
+        self.resumed_from: Path | None = None  # the checkpoint :meth:`start` resumed from
         self._lock_file = None
 
     # -- one writer at a time -------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class RunFolder:
                 continue
             for bad in damaged:
                 bad.replace(bad.with_name(bad.name + DAMAGED))
+            self.resumed_from = path
             if problems:
                 moved = ", ".join(p.name + DAMAGED for p in damaged)
                 say(f"warning: {problems[0]}; resuming from {path.name} (step {state.get('step')}) instead "
