@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a session lent a GPU (the device tool), in two calls on one warm machine:
-#   run(command="bash benchmarks/gpu_check.sh core", timeout_s=400)   # first: what decides auto and the kernels
+#   run(command="bash benchmarks/gpu_check.sh core", timeout_s=560)   # first: what decides auto and the kernels
 #   run(command="bash benchmarks/gpu_check.sh more", timeout_s=420)   # at once: the machine stays warm 30 s
-# core (about 5 minutes, every step with its own limit): install (no downloads); the CroPA attention
+# core (about 7 minutes, every step with its own limit): install (no downloads); the CroPA attention
 #       benchmark at the four goal shapes (sdpa + mask, dense flash, triton, split with its Triton row kernels
 #       and with the memory-efficient one, and the row pass alone with each of PyTorch's kernels), parity-
 #       checked first; auto's table for this card written from it (for the steps after it; commit the result
 #       and re-run `python -m ecg_jepa.benchmarks.auto_table` on it here); torch.profiler tables of the vit-b
-#       training step as auto now runs it and with split everywhere; the GPU tests of the attention ops and
-#       the model; the training step with auto, sdpa and split.
+#       training step as auto now runs it, with split everywhere and compiled; the GPU tests of the attention
+#       ops and the model, and compiled == eager over changing masks (the condition for --compile by default);
+#       the training step with auto, sdpa and split.
 # more (about 7 minutes): the CUDA extension for this GPU, every GPU test, patch embedding and encoder block
 #       benchmarks, the Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and
 #       compute-sanitizer over the fused backends. (The compiled, triton and reference training steps:
@@ -67,11 +68,15 @@ core() {
     --source "(re-run auto_table on the committed result)"
   python3 -m ecg_jepa backends --batch 64 --heads 16 --leads 8 --head-dim 48 --dtype bf16 --grad 2>&1 | head -4
   step "profile: the vit-b training step as auto runs it, and with split everywhere (eager)"
-  timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --out "$OUT/profile-eager.md" | head -14
-  timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --attn split --out "$OUT/profile-split.md" | head -14
-  step "GPU tests: split, triton and the dispatcher; the model and the training blocks with each"
-  timeout 90 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_model.py tests/test_train.py \
-    -k "split or dispatch or committed or backends_match or compiled_blocks or warms" > "$OUT/pytest-gpu.txt" 2>&1
+  timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --out runs/gpu-profile-eager.md | head -14
+  timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --attn split --out runs/gpu-profile-split.md | head -14
+  step "profile: the vit-b training step with the block stacks compiled (what --compile would run)"
+  timeout 120 python3 -m ecg_jepa.benchmarks.profile_step --compiled --out runs/gpu-profile-compiled.md | head -14
+  cat runs/gpu-profile-{eager,split,compiled}.md > "$OUT/profiles.md" 2>/dev/null  # one file: $OUT holds 8
+  step "GPU tests: split, triton and the dispatcher; the model and the training blocks with each; compiled == eager"
+  timeout 150 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_model.py tests/test_train.py \
+    -k "split or dispatch or committed or backends_match or compiled_blocks or warms or compile_matches_eager" \
+    > "$OUT/pytest-gpu.txt" 2>&1
   echo "pytest exit $?"; failures "$OUT/pytest-gpu.txt"
   step "benchmark: the training step (vit-b, B=64, bf16, eager): auto, sdpa, split"
   bench train-step 60 --only train-step --backends sdpa,split --budget 0.3

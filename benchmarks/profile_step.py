@@ -22,7 +22,7 @@ GROUPS = (  # first match wins; matched against the lower-cased kernel name
     ("GEMM", r"gemm|nvjet|xmma|cutlass|cublas|sm90_|sm80_|matmul|wgmma"),
     ("EMA", r"lerp"),
     ("optimizer", r"adam|multi_tensor_apply"),
-    ("norm", r"layer_norm|layernorm|norm"),
+    ("norm", r"layer_norm|layernorm|norm|gammabeta"),  # GammaBetaBackward: LayerNorm's weight gradients
     ("copies and layout", r"copy|cat|index|gather|scatter|transpose|permute|contiguous|memcpy|memset|fill"),
     ("elementwise and reductions", r"elementwise|vectorized|unrolled|reduce|softmax|gelu|triton_"),
 )

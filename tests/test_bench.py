@@ -104,3 +104,26 @@ def test_perf_model_reads_its_measurements(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="is missing"):
         perf_model.bench_ms("triton", "B64 H16 L8xT50=N400 d48", "fwd")
     perf_model.measured.cache_clear()
+
+
+@pytest.mark.parametrize("preset,n_visible", [("tiny", 20), ("vit-b", 17)])
+def test_step_budget_counts_the_flops_the_logged_mfu_uses(preset, n_visible):
+    """The step budget counts FLOPs from the model's own layers; the MFU the training log reports counts them
+    from the architecture's formula: the two agree, and the report sets the measured profile beside them."""
+    from ecg_jepa.benchmarks import step_budget
+    from ecg_jepa.model.jepa import JEPA
+    from ecg_jepa.train.metrics import step_flops
+
+    parts = step_budget.budget(preset, batch=4, n_visible=n_visible)
+    counted = sum(p.gemm_flops + p.attn_flops for p in parts)
+    assert counted == pytest.approx(step_flops(JEPA(preset), 4, n_visible), rel=1e-12)
+    text = step_budget.report(parts, {"device": "a card", "bf16_TFLOPs": 500.0, "copy_GBps": 3000.0}, 4,
+                              {"GEMM": 2.0, "attention forward": 1.0, "norm": 0.5}, "a profile")
+    assert "| GEMM |" in text and "measured / floor" in text
+
+
+def test_step_budget_reads_the_committed_profile():
+    from ecg_jepa.benchmarks import step_budget
+
+    groups = step_budget.measured_groups(step_budget.DEFAULT_RESULT / "profile-train-step-eager.md")
+    assert {"GEMM", "norm", "copies and layout"} <= set(groups) and all(ms > 0 for ms in groups.values())
