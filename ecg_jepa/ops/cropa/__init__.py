@@ -74,7 +74,8 @@ def _cuda_fits(spec: InputSpec) -> str | None:
 # GPU generations (compute capability) on which the cuda backend's GPU parity tests have passed, with the
 # (n_leads, T) shapes where its recorded benchmark shows it faster than triton: auto picks cuda there only.
 # benchmarks/gpu_check.sh measures both. sm_90 (H100, benchmarks/results/h100-20261126): parity at every
-# benchmark shape and no memcheck error, but 2.8-5.3x slower than triton forward+backward: no shape.
+# benchmark shape and no memcheck error, but slower than triton forward+backward at every shape (the
+# numbers: that folder's bench-kernels.md): no shape.
 CUDA_VERIFIED: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {(9, 0): ()}
 
 _FUSED = Capabilities(devices=("cuda",), dtypes=_FUSED_DTYPES, max_last_dim=FUSED_MAX_HEAD_DIM,
@@ -99,7 +100,8 @@ BACKENDS: dict[str, Backend] = {
 }
 
 # Below this many slots per lead the structured form's small batched matmuls lose to sdpa on the CPU
-# (benchmarks/results/bench-cpu-*: T=10 structured 0.8x sdpa fwd+bwd, T=23 1.3x, T=50 1.7x).
+# (the structured vs sdpa rows of benchmarks/results/bench-cpu-20261125-125158.md: slower at T=10, faster
+# from T=23 up).
 CPU_STRUCTURED_MIN_SLOTS = 16
 
 
@@ -128,7 +130,7 @@ def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
     return ("structured", "sdpa", "reference"), "fastest first on the CPU"
 
 
-DISPATCH = Dispatcher("CroPA attention", BACKENDS, auto_order)
+DISPATCH = Dispatcher("CroPA attention", BACKENDS, auto_order, "attention")
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: int) -> None:
@@ -157,7 +159,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_leads: in
 
 def explain_backend(
     q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, n_leads: int = 8,
-    backend: str = "auto",
+    backend: str | None = None,
 ) -> str:
     """Say which backend ``cropa_attention(q, k, v, n_leads, backend=backend)`` would use and every reason
     each other one was or was not taken. k and v default to q."""
@@ -173,7 +175,7 @@ def cropa_attention(
     v: torch.Tensor,
     n_leads: int,
     *,
-    backend: str = "auto",
+    backend: str | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
     """Cross-Pattern Attention.
@@ -183,7 +185,8 @@ def cropa_attention(
             backends) and device. N = n_leads·T, tokens lead-major (index = lead·T + slot).
         n_leads: leads L ≥ 1; T = N / L slots per lead, any T ≥ 1.
         backend: "auto" (fastest that can run; see :func:`explain_backend`), "reference", "sdpa", "flex",
-            "structured", "triton" or "cuda".
+            "structured", "split", "triton" or "cuda"; None (default): the runtime setting,
+            :func:`ecg_jepa.use_backend` or ``$ECG_JEPA_ATTN_BACKEND``, else "auto".
         scale: score scale, default d^-0.5.
 
     Returns:

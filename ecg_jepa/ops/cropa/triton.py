@@ -49,10 +49,10 @@ def config(n_leads: int, n_slots: int, head_dim: int, dtype: torch.dtype, arch: 
     to a power of two ≥ 16.
 
     Chosen by ``python -m ecg_jepa.benchmarks.tune_cropa`` on an H100 (bf16, B=64, H=16, d=48; results in
-    ``benchmarks/results/h100-20261126/``): forward one program per (batch, head, lead) (one lead per
-    program: 0.253 ms against 0.332 with all 8 leads in one at L8 T50, 0.50 against 0.86 at L12 T50; the
+    ``benchmarks/results/h100-20261126/``, its tuning sweep holds the times): forward one program per
+    (batch, head, lead) (one lead per program beat all of a head's leads in one at L8 T50 and L12 T50; the
     other leads' K and V rows come from L2), 64-slot tiles, 4 warps; backward 64-slot tiles with 4 warps
-    where T > 32 (0.90 ms against 1.23 with 32-slot tiles at L8 T50; 8 warps 1.04) on sm_90, 32-slot tiles
+    where T > 32 (faster than 32-slot tiles and than 8 warps at L8 T50) on sm_90, 32-slot tiles
     before sm_90 (the 64-slot backward spills there: ``python -m ecg_jepa.kernel_report``). d = 128 takes 32-slot
     tiles and 8 warps (not measured yet). fp32 is the exact, slow path: IEEE fp32 products on the CUDA cores
     (no tf32), 16-slot tiles forward, 32-slot tiles (16 at d = 128) with 8 warps backward.
