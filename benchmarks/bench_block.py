@@ -46,7 +46,8 @@ def rows(preset: str, batch: int, device: torch.device, dtype: torch.dtype, budg
     out = []
     for impl in impls:
         torch.manual_seed(0)
-        block = Block(cfg.dim, cfg.num_heads, attn_backend=impl).to(device, dtype)
+        block = Block(cfg.dim, cfg.num_heads).to(device, dtype)
+        block.attn.backend = impl
         row = Row("encoder block", f"B{batch} N{x.shape[1]} D{cfg.dim} H{cfg.num_heads}",
                   str(dtype).removeprefix("torch."), impl)
         out.append(row)

@@ -26,9 +26,9 @@ the ``triton`` row runs the fused Triton kernels everywhere."""
 
 
 def build(preset: str, device: torch.device, impl: str) -> JEPA:
-    """``preset``'s model with attention ``impl``, its weights drawn from seed 0."""
+    """``preset``'s model with attention ``impl`` (each CroPA module's own backend), its weights drawn from seed 0."""
     torch.manual_seed(0)
-    return JEPA(preset, attn_backend=impl).to(device)
+    return attention_twin(JEPA(preset), backend=impl).to(device)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:

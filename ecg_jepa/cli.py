@@ -17,9 +17,22 @@ from pathlib import Path
 
 import torch
 
-from .constants import LEADS
+from .constants import FS, LEADS, N_SAMPLES, N_SLOTS
 from .errors import InputError, RunError
+from .model.jepa import PRESETS
+from .ops.setting import ENV
 from .train.distributed import DEFAULT_TIMEOUT
+from .train.recipe import (
+    DEFAULT_MASK,
+    DEFAULT_PRESET,
+    FINETUNE,
+    LINEAR_PROBE,
+    LR_START,
+    MASKS,
+    WARMUP_SHARE,
+    number,
+    recipe_values,
+)
 
 
 def _pretrain_data(args: argparse.Namespace):
@@ -41,12 +54,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .data.synthetic import CLASS_NAMES, N_CLASSES, SyntheticECG
     from .eval.probe import probe_against_random_init
     from .model.checkpoint import save_encoder
-    from .model.jepa import resolve_recipe
+    from .ops.setting import set_backend
     from .train.distributed import close_world, init_world
     from .train.pretrain import Preempted, PretrainConfig, pretrain
+    from .train.recipe import resolve_recipe
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_backend(attention=args.backend)
     world = init_world(args.device, args.collective_timeout)
     say = print if world.main else (lambda *a, **k: None)
     data, what = _pretrain_data(args)
@@ -56,7 +71,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         preset=args.preset, mask=args.mask, per_sample_masks=args.per_sample_masks, steps=plan.steps,
         batch_size=plan.batch_size, lr=plan.lr, warmup_steps=plan.warmup_steps,
         precision=args.precision or ("bf16" if world.device.type == "cuda" else "fp32"), compile=args.compile,
-        seed=args.seed, attn_backend=args.backend, workers=args.workers, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
     )
     out = Path(args.out)
@@ -117,15 +132,6 @@ def _open(args: argparse.Namespace, scratch: str):
     return encoder, data
 
 
-def _random_twin(encoder, seed: int):
-    """A randomly initialised encoder of the same architecture (the baseline), seeded."""
-    from .model.encoder import Encoder
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return Encoder(encoder.config).eval()
-
-
 def _write_failures(path: Path, failures: list[dict]) -> None:
     path.write_text("".join(json.dumps(f) + "\n" for f in failures))
 
@@ -133,12 +139,12 @@ def _write_failures(path: Path, failures: list[dict]) -> None:
 def _embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .eval.probe import embed_dataset
+    from .eval.probe import embed_dataset, random_init
 
     with tempfile.TemporaryDirectory(prefix="ecg-jepa-") as scratch:
         encoder, data = _open(args, scratch)
         if args.random_init is not None:
-            encoder = _random_twin(encoder, args.random_init)
+            encoder = random_init(encoder, args.random_init)
         feats, idx = embed_dataset(encoder, data, batch_size=args.batch_size, desc="embed")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,42 +162,29 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _downstream(args: argparse.Namespace) -> int:
-    """probe and finetune: task, splits, the run on the checkpoint and on a random-init twin, report."""
-    from .eval.downstream import (
-        finetune,
-        plot_roc,
-        resolve_task,
-        split_by_field,
-        write_report,
-    )
-    from .eval.probe import embed_dataset, linear_probe, logreg_probe
+    """probe and finetune: the task and splits said, the protocol run (:func:`~.eval.downstream.downstream`),
+    its scores printed, its report and ROC curves written."""
+    from .eval.downstream import downstream, plot_roc, resolve_task, split_by_field, write_report
 
     with tempfile.TemporaryDirectory(prefix="ecg-jepa-") as scratch:
         encoder, data = _open(args, scratch)
-        random_encoder = _random_twin(encoder, args.seed)
         task = resolve_task(args.task, args.labels, args.label_field, data.records)
-        y = task.targets(data.records)
         splits = split_by_field(data.records, args.split_field, args.train, args.val, args.test)
         sizes = {k: len(v) for k, v in splits.items()}
-        n_classes = len(task.names)
         print(f"{args.command}: {task.kind} task over {', '.join(task.names)}; {args.split_field} train {args.train} "
               f"({sizes['train']}), validation {args.val} ({sizes['val']}), test {args.test} ({sizes['test']})")
-        results = {}
-        for name, enc in (("pretrained", encoder), ("random init", random_encoder)):
-            if args.command == "finetune":
-                results[name] = finetune(enc, data, splits, y, epochs=args.epochs, lr=args.lr,
-                                         batch_size=args.batch_size, seed=args.seed)
-                continue
-            feats, idx = embed_dataset(enc, data, desc=f"{name}: features")
-            split = {k: (feats[v], y[v]) for k, v in splits.items()}
-            probe = logreg_probe if args.classifier == "logreg" else linear_probe
-            results[name] = probe(split["train"], split["test"], n_classes, val=split["val"], seed=args.seed)
+        if args.command == "finetune":
+            results = downstream(encoder, data, task, splits, method="finetune", epochs=args.epochs, lr=args.lr,
+                                 batch_size=args.batch_size, seed=args.seed)
+        else:
+            results = downstream(encoder, data, task, splits, classifier=args.classifier, seed=args.seed)
     print(f"  {'encoder':<12} test scores (chosen on validation)")
     for name, result in results.items():
         print(f"  {name:<12} {result}")
     how = f"{args.command}" + (f" ({args.classifier})" if args.command == "probe" else f" (lr {args.lr:g}, {args.epochs} epochs)")
     report = write_report(args.out, task, sizes, results, how, failures=data.failures)
-    plot_roc(Path(args.out).with_suffix(".png"), task, y[splits["test"]], results)
+    y_test = task.targets([data.records[i] for i in splits["test"]])
+    plot_roc(Path(args.out).with_suffix(".png"), task, y_test, results)
     print(f"report: {report}; ROC curves: {Path(args.out).with_suffix('.png')}")
     if data.failures:
         print(f"{len(data.failures)} record(s) failed and were left out (listed in the report)")
@@ -205,14 +198,10 @@ def _backends(args: argparse.Namespace) -> int:
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     shape = (args.batch, args.heads, args.leads * args.slots, args.head_dim)
-    capability = None
-    if args.device == "cuda":
-        if torch.cuda.is_available():
-            capability = tuple(torch.cuda.get_device_capability())
-        else:
-            capability = tuple(int(v) for v in args.capability.split("."))
-            print(f"(no GPU here: the inputs are described as on a GPU of compute capability {args.capability})")
-    print(DISPATCH.explain(InputSpec(args.device, dtype, shape, args.grad, capability, args.leads)))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"(no GPU here: the inputs are described as on a GPU of compute capability {args.capability})")
+    capability = tuple(int(v) for v in args.capability.split("."))
+    print(DISPATCH.explain(InputSpec.describe(args.device, dtype, shape, args.grad, args.leads, capability)))
     return 0
 
 
@@ -241,7 +230,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -285,19 +275,22 @@ def _add_pretrain(sub) -> None:
         "With no options: the tiny preset, a few minutes on 2 CPU cores. The paper's: --preset vit-b.\n"
         "Several GPUs: torchrun --nproc_per_node=N -m ecg_jepa pretrain ...",
     )
-    g = p.add_argument_group("model and recipe (vit-b's default to the paper's, tiny's to a few CPU minutes)")
-    g.add_argument("--preset", default="tiny", choices=["tiny", "vit-b"], help="model size (vit-b: the paper's)")
-    g.add_argument("--mask", default="multiblock", choices=["multiblock", "random"], help="masking strategy")
+    g = p.add_argument_group("model and recipe (default: the preset's recipe, ecg_jepa.train.recipe; vit-b's is the "
+                             "paper's, tiny's a few CPU minutes)")
+    g.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="model size (vit-b: the paper's)")
+    g.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS, help="masking strategy")
     g.add_argument("--per-sample-masks", action="store_true",
                    help="a mask per ECG (random masks only) instead of one per batch as the original")
-    g.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps (tiny: 800)")
-    g.add_argument("--epochs", type=_count(1), default=None, metavar="N", help="epochs instead of steps (vit-b: 100)")
+    g.add_argument("--steps", type=int, default=None, metavar="N", help=f"optimizer steps ({recipe_values('steps')})")
+    g.add_argument("--epochs", type=_count(1), default=None, metavar="N",
+                   help=f"epochs instead of steps ({recipe_values('epochs')})")
     g.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="global ECGs per step, split over processes (vit-b: 64 multiblock / 128 random; tiny: 32)")
+                   help=f"global ECGs per step, split over processes ({recipe_values('batch_size')})")
     g.add_argument("--lr", type=_positive_float, default=None,
-                   help="peak learning rate, cosine schedule (vit-b: 5e-5 multiblock / 2.5e-5 random; tiny: 1e-3)")
+                   help=f"peak learning rate, cosine schedule ({recipe_values('lr')})")
     g.add_argument("--warmup-epochs", type=float, default=None, metavar="N",
-                   help="linear warm-up from 1e-6 (5 epochs with --epochs, else 10%% of the steps)")
+                   help=f"linear warm-up from {number(LR_START)}: the recipe's warm-up epochs with --epochs "
+                        f"({recipe_values('warmup_epochs')}), else {100 * WARMUP_SHARE:g}%% of the steps")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and masks")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, metavar="SHARDS", help="shards from `ecg-jepa prepare-data` "
@@ -329,7 +322,9 @@ def _add_pretrain(sub) -> None:
                    help="autocast precision (default: bf16 on a GPU, fp32 on the CPU; fp16 uses a grad scaler)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the block stacks (one dynamic-shape graph each)")
-    g.add_argument("--backend", default="auto", help="CroPA attention backend (see `ecg-jepa backends`)")
+    g.add_argument("--backend", default=None,
+                   help=f"CroPA attention backend, e.g. triton (see `ecg-jepa backends`; a setting of this run, not "
+                        f"saved in checkpoints; default: ${ENV['attention']}, else auto)")
     g.add_argument("--threads", type=_count(0), default=0, metavar="N", help="torch CPU threads (0: torch's own choice)")
     p.set_defaults(func=_pretrain)
 
@@ -353,7 +348,7 @@ def _add_data_commands(sub) -> None:
     )
     common(p, data_positional=True)
     p.add_argument("--out", required=True, metavar="FILE.npy", help="output .npy (ids beside it, as .ids.txt)")
-    p.add_argument("--batch-size", type=_count(1), default=64, metavar="N")
+    p.add_argument("--batch-size", type=_count(1), default=64, metavar="N", help="ECGs per forward pass")
     p.add_argument("--random-init", type=int, default=None, metavar="SEED",
                    help="embed with a randomly initialised encoder of the checkpoint's architecture (a baseline)")
     p.set_defaults(func=_embed)
@@ -379,11 +374,13 @@ def _add_data_commands(sub) -> None:
         p.add_argument("--out", default=f"runs/{name}/report.json", metavar="FILE.json", help="JSON report (PNG beside it)")
         if name == "probe":
             p.add_argument("--classifier", default="linear", choices=["linear", "logreg"],
-                           help="linear: the paper's (AdamW lr 0.01, batch 16, 10 epochs); logreg: scikit-learn")
+                           help=f"linear: the paper's (AdamW lr {number(LINEAR_PROBE.lr)}, batch {LINEAR_PROBE.batch_size}, "
+                                f"{LINEAR_PROBE.epochs} epochs); logreg: scikit-learn")
         else:
-            p.add_argument("--epochs", type=_count(1), default=10, metavar="N")
-            p.add_argument("--lr", type=_positive_float, default=6.25e-6)
-            p.add_argument("--batch-size", type=_count(1), default=16, metavar="N")
+            p.add_argument("--epochs", type=_count(1), default=FINETUNE.epochs, metavar="N", help="training epochs")
+            p.add_argument("--lr", type=_positive_float, default=FINETUNE.lr, help="AdamW learning rate")
+            p.add_argument("--batch-size", type=_count(1), default=FINETUNE.batch_size, metavar="N",
+                           help="ECGs per step")
         p.set_defaults(func=_downstream)
 
 
@@ -405,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="a data folder or one record")
     p.add_argument("out", help="output folder for shards and manifest")
-    p.add_argument("--leads", default="I,II,V1,V2,V3,V4,V5,V6", help="comma-separated lead names, in order")
-    p.add_argument("--fs", type=_count(1), default=250, metavar="HZ", help="output sampling rate")
-    p.add_argument("--seconds", type=_positive_float, default=10.0, help="seconds kept from the start of each record")
+    p.add_argument("--leads", default=",".join(LEADS), help="comma-separated lead names, in order")
+    p.add_argument("--fs", type=_count(1), default=FS, metavar="HZ", help="output sampling rate")
+    p.add_argument("--seconds", type=_positive_float, default=N_SAMPLES / FS,
+                   help="seconds kept from the start of each record")
     p.add_argument("--pad", action="store_true", help="zero-pad records shorter than SECONDS instead of failing")
     p.add_argument("--band-pass", action="store_true", help="0.67–40 Hz band-pass (off in the paper's pretraining)")
     p.add_argument("--zscore", action="store_true", help="per-lead z-score")
@@ -423,14 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
         "every reason each other backend was or was not taken. Nothing is allocated: --device cuda works on a\n"
         "machine without a GPU (the GPU is then described by --capability).",
     )
-    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    vit_b = PRESETS["vit-b"].encoder
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when there is a GPU)")
     p.add_argument("--capability", default="9.0", help="without a GPU: the compute capability to describe (8.0: A100)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch", type=_count(1), default=1)
-    p.add_argument("--heads", type=_count(1), default=16)
-    p.add_argument("--leads", type=_count(1), default=8)
-    p.add_argument("--slots", type=_count(1), default=50, help="time slots per lead (T)")
-    p.add_argument("--head-dim", type=_count(1), default=48)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="inputs' dtype")
+    p.add_argument("--batch", type=_count(1), default=1, help="batch size (B)")
+    p.add_argument("--heads", type=_count(1), default=vit_b.num_heads, help="attention heads (H; vit-b's)")
+    p.add_argument("--leads", type=_count(1), default=len(LEADS), help="leads (L)")
+    p.add_argument("--slots", type=_count(1), default=N_SLOTS, help="time slots per lead (T)")
+    p.add_argument("--head-dim", type=_count(1), default=vit_b.dim // vit_b.num_heads, help="head dim (d; vit-b's)")
     p.add_argument("--grad", action="store_true", help="inputs require grad (training)")
     p.set_defaults(func=_backends)
 

@@ -1,5 +1,6 @@
 """The command line as a user meets it: one-line errors for bad input, help that says each default once,
 inputs of any float dtype, held-out evaluation over several folders, random-init baselines."""
+import argparse
 import json
 import re
 
@@ -46,6 +47,35 @@ def test_help_says_each_default_once(capsys):
     pretrain = next(a for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions
                     if a.dest == "checkpoint_minutes")
     assert pretrain.default == 10.0
+
+
+def _subcommands() -> dict[str, "argparse.ArgumentParser"]:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def test_help_shows_every_default():
+    """Every option with a default (not None, not a flag's False) says it in its help."""
+    for command, parser in _subcommands().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, argparse.SUPPRESS) or action.default is False:
+                continue
+            text = formatter._expand_help(action)
+            assert "default" in text, (command, action.option_strings, text)
+
+
+def test_recipe_numbers_come_from_the_table():
+    """pretrain's help and PretrainConfig's defaults read the recipe table; nothing repeats its numbers."""
+    from ecg_jepa.train.pretrain import PretrainConfig
+    from ecg_jepa.train.recipe import DEFAULT_MASK, DEFAULT_PRESET, RECIPES, default_warmup, recipe_values
+
+    helps = {a.dest: a.help for a in _subcommands()["pretrain"]._actions}
+    assert recipe_values("batch_size") == "vit-b: 64 multiblock / 128 random; tiny: 32"
+    for field in ("steps", "epochs", "batch_size", "lr", "warmup_epochs"):
+        assert recipe_values(field) in helps[field]
+    recipe, cfg = RECIPES[(DEFAULT_PRESET, DEFAULT_MASK)], PretrainConfig()
+    assert (cfg.preset, cfg.mask, cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps) == \
+        (DEFAULT_PRESET, DEFAULT_MASK, recipe.steps, recipe.batch_size, recipe.lr, default_warmup(recipe.steps))
 
 
 @pytest.mark.parametrize("grad", [["--grad"], []])

@@ -7,12 +7,13 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from ecg_jepa import Encoder, EncoderConfig, save_encoder
+from ecg_jepa import Encoder, EncoderConfig, load_encoder, save_encoder
 from ecg_jepa.cli import main
 from ecg_jepa.constants import STANDARD_12
 from ecg_jepa.data import prepare_data
 from ecg_jepa.data.synthetic import synthesize
-from ecg_jepa.eval.downstream import Task, parse_folds, resolve_task, split_by_field
+from ecg_jepa.eval.downstream import Task, downstream, open_data, parse_folds, resolve_task, split_by_field
+from ecg_jepa.eval.probe import random_init
 
 PTBXL = Path(SHARED_DATA) / "ptbxl-processed"
 
@@ -79,6 +80,23 @@ def test_finetune_runs_and_chooses_on_validation(labelled_shards, capsys):
                  "--epochs", "1", "--lr", "1e-3", "--batch-size", "30", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["task"]["kind"] == "multiclass" and report["results"]["pretrained"]["chosen"] == "epoch 1 of 1"
+
+
+def test_the_protocol_and_its_baseline_live_in_eval(labelled_shards):
+    """``downstream`` is the protocol the CLI prints; its baseline is ``random_init(encoder, seed)``, drawn
+    from the seed alone, the caller's random state untouched."""
+    data = open_data(labelled_shards / "shards", progress=False)
+    enc = load_encoder(labelled_shards / "enc.pt")
+    task = resolve_task(None, "brady,tachy", None, data.records)
+    splits = split_by_field(data.records, "fold", "1", "2", "3")
+    results = downstream(enc, data, task, splits, classifier="logreg", seed=3, progress=False)
+    state = torch.get_rng_state()
+    baseline = random_init(enc, 3)
+    assert torch.equal(torch.get_rng_state(), state)
+    alone = downstream(baseline, data, task, splits, classifier="logreg", seed=3, progress=False)["pretrained"]
+    assert results["random init"].macro_auroc == alone.macro_auroc
+    assert torch.equal(random_init(enc, 3).W_P.weight, baseline.W_P.weight)
+    assert not torch.equal(random_init(enc, 4).W_P.weight, baseline.W_P.weight)
 
 
 def test_embed_raw_records_with_a_lead_subset(labelled_shards):

@@ -5,11 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ecg_jepa import JEPA, LEADS, Encoder, EncoderConfig, load_encoder, save_encoder
+from ecg_jepa import (
+    JEPA,
+    LEADS,
+    CroPAAttention,
+    Encoder,
+    EncoderConfig,
+    explain_backend,
+    load_encoder,
+    save_encoder,
+    use_backend,
+)
+from ecg_jepa.errors import InputError
 from ecg_jepa.model.checkpoint import infer_config
 from ecg_jepa.model.masks import multiblock_mask, random_mask
 from ecg_jepa.model.posenc import sincos_2d
 from ecg_jepa.ops.layout import check_slot_mask, cropa_mask
+from ecg_jepa.ops.setting import ENV, current_backend
 
 
 def original_forward(state: dict, x: torch.Tensor, leads: list[int], num_heads: int) -> torch.Tensor:
@@ -149,6 +161,47 @@ def test_unreadable_checkpoints(tmp_path):
         load_encoder(tmp_path / "junk.pt")
 
 
+def test_backend_is_a_runtime_setting_not_a_checkpoint_field(tmp_path, monkeypatch):
+    """A checkpoint written while the setting was triton, and an older one whose config names triton, load
+    and run with auto where triton cannot run (a CPU without the Triton interpreter)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for variable in ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    enc = Encoder(EncoderConfig(dim=32, depth=1, num_heads=2)).eval()
+    with use_backend(attention="triton", embed="triton"):
+        save_encoder(enc, tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert not {"attn_backend", "embed_backend"} & set(payload["config"])
+    payload["config"].update(attn_backend="triton", embed_backend="triton")  # as written before the setting
+    torch.save(payload, tmp_path / "old.pt")
+    x = torch.randn(2, 8, 2500)
+    with use_backend(attention="reference"):
+        expect = enc(x)
+    for name in ("new.pt", "old.pt"):
+        loaded = load_encoder(tmp_path / name)
+        assert current_backend("attention") == current_backend("embed") == "auto"
+        assert all(m.backend is None for m in loaded.modules() if isinstance(m, CroPAAttention))
+        assert (loaded(x) - expect).abs().max() < 1e-5
+    with use_backend(attention="triton"), pytest.raises(InputError, match="'triton' cannot run here"):
+        loaded(x)  # what an encoder that kept the writer's choice would have met
+
+
+def test_backend_setting_precedence(monkeypatch):
+    """A module's own backend, then use_backend (restored on exit), then the environment, then auto."""
+    monkeypatch.setenv(ENV["attention"], "sdpa")
+    q = torch.randn(1, 2, 8, 4)
+    assert "backend='sdpa' -> 'sdpa'" in explain_backend(q, n_leads=2)
+    with use_backend(attention="reference"):
+        assert "backend='reference' -> 'reference'" in explain_backend(q, n_leads=2)
+        with use_backend(embed="reference"):
+            assert current_backend("attention") == "reference"
+        with pytest.raises(InputError, match="unknown CroPA attention backend 'nonesuch'"):
+            CroPAAttention(8, 2, backend="nonesuch")(torch.randn(1, 4, 8), 2)
+    assert current_backend("attention") == "sdpa"
+    with use_backend(attention="nonesuch"):
+        CroPAAttention(8, 2, backend="reference")(torch.randn(1, 4, 8), 2)
+
+
 def test_own_format_round_trip(tmp_path, seed):
     enc = Encoder(EncoderConfig(dim=64, depth=1, num_heads=4, leads=(1, 0))).eval()
     save_encoder(enc, tmp_path / "enc.pt")
@@ -191,14 +244,17 @@ def test_per_sample_masks_select_each_rows_slots(seed):
 @pytest.mark.parametrize("backend", ["structured", "sdpa", "triton", "split"])
 def test_model_backends_match_reference(seed, backend, kernel_device):
     torch.manual_seed(seed)
-    ref = JEPA("tiny", attn_backend="reference")
+    ref = JEPA("tiny")
     torch.manual_seed(seed)
     dev = kernel_device if backend in ("triton", "split") else "cpu"
-    other = JEPA("tiny", attn_backend=backend, embed_backend="triton" if backend == "triton" else "auto").to(dev)
+    other = JEPA("tiny").to(dev)
     x, mask = torch.randn(2, 8, 2500), multiblock_mask()
-    loss_ref, loss = ref.loss(x, mask), other.loss(x.to(dev), mask)
-    loss_ref.backward()
-    loss.backward()
+    with use_backend(attention="reference"):
+        loss_ref = ref.loss(x, mask)
+        loss_ref.backward()
+    with use_backend(attention=backend, embed="triton" if backend == "triton" else "auto"):
+        loss = other.loss(x.to(dev), mask)
+        loss.backward()
     assert abs(loss.item() - loss_ref.item()) < 1e-5
     for (name, a), b in zip(ref.named_parameters(), other.parameters()):
         if a.grad is not None:

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from ecg_jepa import JEPA, load_encoder
+from ecg_jepa import JEPA, load_encoder, use_backend
 from ecg_jepa.cli import main
 from ecg_jepa.data.synthetic import SyntheticECG
 from ecg_jepa.eval.probe import linear_probe
 from ecg_jepa.train.pretrain import PretrainConfig, pretrain, step_mask
-from ecg_jepa.train.schedule import cosine_lr, ema_momentum
+from ecg_jepa.train.recipe import cosine_lr, ema_momentum
 
 
 def test_schedules():
@@ -178,7 +178,7 @@ def test_compiled_blocks_run_the_fused_custom_ops(seed, kernel_device, backend):
     def run(compiled):
         torch._dynamo.reset()  # graphs other tests compiled in this process do not count towards dynamo's limit
         torch.manual_seed(0)
-        model = JEPA("tiny", attn_backend=backend, embed_backend="triton", leads=(0, 1)).to(kernel_device)
+        model = JEPA("tiny", leads=(0, 1)).to(kernel_device)
         if compiled:
             model.compile_blocks()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -194,7 +194,8 @@ def test_compiled_blocks_run_the_fused_custom_ops(seed, kernel_device, backend):
             losses.append(loss.item())
         return losses
 
-    assert run(True) == pytest.approx(run(False), rel=1e-5, abs=1e-6)
+    with use_backend(attention=backend, embed="triton"):  # the setting, read when the blocks are traced
+        assert run(True) == pytest.approx(run(False), rel=1e-5, abs=1e-6)
 
 
 SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim", "equal",
@@ -277,8 +278,9 @@ def test_pretrain_warms_the_variants_it_will_meet(backend):
     from ecg_jepa.ops.registry import InputSpec
     from ecg_jepa.train.pretrain import warm_up_kernels
 
-    model = JEPA("tiny", attn_backend=backend).cuda()
-    said = warm_up_kernels(model, torch.device("cuda"), "bf16")
+    model = JEPA("tiny").cuda()
+    with use_backend(attention=backend):
+        said = warm_up_kernels(model, torch.device("cuda"), "bf16")
     cfg = model.encoder.config
     cap = tuple(torch.cuda.get_device_capability())
     chosen = {grad: DISPATCH.select(InputSpec("cuda", torch.bfloat16, (1, cfg.num_heads, 400, cfg.dim // cfg.num_heads),

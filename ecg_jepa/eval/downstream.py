@@ -1,5 +1,6 @@
-"""Downstream use of an encoder on labelled ECGs: tasks and splits from shard manifests, embeddings,
-probes and full fine-tuning, each reported beside the same procedure on a randomly initialised encoder."""
+"""Downstream use of an encoder on labelled ECGs: tasks and splits from shard manifests, probes and full
+fine-tuning, and the protocol (:func:`downstream`): fit on the training folds, choose on the validation
+folds, score on the test folds, beside the same procedure on a randomly initialised encoder."""
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,8 @@ from ..data.prepare import bandpass
 from ..data.shards import PrepareOptions, ShardDataset, prepare_data
 from ..errors import InputError
 from ..model.encoder import Encoder
-from .probe import ProbeResult, _scores, macro_auroc, probabilities
+from ..train.recipe import FINETUNE
+from .probe import PROBES, ProbeResult, _scores, beside_random_init, embed_dataset, macro_auroc, probabilities
 
 # Named tasks: (kind, label names as stored in the manifest).
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -189,17 +191,18 @@ def _classify(model: Classifier, data: Dataset, multilabel: bool, device: torch.
 
 
 def finetune(
-    encoder: Encoder, data: Dataset, splits: dict[str, list[int]], y: np.ndarray, *, epochs: int = 10,
-    lr: float = 6.25e-6, batch_size: int = 16, seed: int = 0, progress: bool = True,
+    encoder: Encoder, data: Dataset, splits: dict[str, list[int]], y: np.ndarray, *, epochs: int = FINETUNE.epochs,
+    lr: float = FINETUNE.lr, batch_size: int = FINETUNE.batch_size, seed: int = 0, progress: bool = True,
 ) -> ProbeResult:
-    """Full fine-tuning (0.67–40 Hz band-pass, light augmentation, AdamW): the epoch with the best
-    validation macro AUROC is scored on the test split."""
+    """Full fine-tuning (0.67–40 Hz band-pass, light augmentation, AdamW; defaults
+    :data:`~ecg_jepa.train.recipe.FINETUNE`): the epoch with the best validation macro AUROC is scored on
+    the test split."""
     multilabel = y.ndim == 2
     n_out = y.shape[1] if multilabel else int(y.max()) + 1
     device = next(encoder.parameters()).device
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(encoder), n_out).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=FINETUNE.weight_decay)
     loss_fn = nn.functional.binary_cross_entropy_with_logits if multilabel else nn.functional.cross_entropy
     targets = torch.as_tensor(y)
     gen = torch.Generator().manual_seed(seed)
@@ -220,6 +223,34 @@ def finetune(
     result = _scores(y[splits["test"]], _classify(model, Subset(data, splits["test"]), multilabel, device))
     result.val_auroc, result.chosen = best[0], f"epoch {best[2]} of {epochs}"
     return result
+
+
+def downstream(
+    encoder: Encoder, data: Collection, task: Task, splits: dict[str, list[int]], *, method: str = "probe",
+    classifier: str = "linear", epochs: int = FINETUNE.epochs, lr: float = FINETUNE.lr,
+    batch_size: int = FINETUNE.batch_size, seed: int = 0, progress: bool = True,
+) -> dict[str, ProbeResult]:
+    """The downstream protocol: ``encoder`` and its random-init baseline
+    (:func:`~ecg_jepa.eval.probe.random_init` of ``seed``) each fit on ``splits["train"]``, chosen on
+    ``splits["val"]`` (the epoch, or logistic regression's C) and scored on ``splits["test"]``.
+    ``method`` "probe": ``classifier`` (see :data:`~ecg_jepa.eval.probe.PROBES`) on frozen features;
+    "finetune": :func:`finetune` with ``epochs``, ``lr`` and ``batch_size``. Returns
+    {"pretrained": ..., "random init": ...}."""
+    if method not in ("probe", "finetune"):
+        raise InputError(f"method must be 'probe' or 'finetune', got {method!r}")
+    if classifier not in PROBES:
+        raise InputError(f"unknown classifier {classifier!r}; choose one of {', '.join(PROBES)}")
+    y = task.targets(data.records)
+
+    def run(name: str, enc: Encoder) -> ProbeResult:
+        if method == "finetune":
+            return finetune(enc, data, splits, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                            progress=progress)
+        feats, _ = embed_dataset(enc, data, desc=f"{name}: features", progress=progress)
+        split = {k: (feats[v], y[v]) for k, v in splits.items()}
+        return PROBES[classifier](split["train"], split["test"], len(task.names), val=split["val"], seed=seed)
+
+    return beside_random_init(encoder, seed, run)
 
 
 def write_report(out: str | os.PathLike, task: Task, sizes: dict, results: dict[str, ProbeResult], how: str,

@@ -3,6 +3,8 @@ scikit-learn's logistic regression; multi-class or multi-label; chosen on a vali
 given, scored on the test split."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..model.encoder import Encoder
+from ..train.recipe import LINEAR_PROBE
 
 Split = tuple[np.ndarray, np.ndarray]  # features (n, D) float32, targets (n,) int or (n, C) {0, 1}
 
@@ -92,11 +95,11 @@ def probabilities(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
 
 
 def linear_probe(
-    train: Split, test: Split, n_classes: int, *, val: Split | None = None, epochs: int = 10, lr: float = 0.01,
-    batch_size: int = 16, seed: int = 0,
+    train: Split, test: Split, n_classes: int, *, val: Split | None = None, epochs: int = LINEAR_PROBE.epochs,
+    lr: float = LINEAR_PROBE.lr, batch_size: int = LINEAR_PROBE.batch_size, seed: int = 0,
 ) -> ProbeResult:
-    """The paper's probe: features standardised with the training statistics, one linear layer trained with
-    AdamW and cross-entropy (multi-class) or binary cross-entropy (multi-label, targets (n, C)). With
+    """The paper's probe (:data:`~ecg_jepa.train.recipe.LINEAR_PROBE`): features standardised with the
+    training statistics, one linear layer trained with AdamW and cross-entropy (multi-class) or binary cross-entropy (multi-label, targets (n, C)). With
     ``val``, the epoch with the best validation macro AUROC is the one scored on ``test``."""
     multilabel = _multilabel(train[1])
     x_tr, x_te, *x_val = _standardize(train[0], test[0], *([val[0]] if val else []))
@@ -105,7 +108,7 @@ def linear_probe(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         head = nn.Linear(x_tr.shape[1], n_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=LINEAR_PROBE.weight_decay)
     loss_fn = nn.functional.binary_cross_entropy_with_logits if multilabel else nn.functional.cross_entropy
     best = (-1.0, None, epochs)
     for epoch in range(1, epochs + 1):
@@ -166,17 +169,34 @@ def logreg_probe(train: Split, test: Split, n_classes: int, *, val: Split | None
     return result
 
 
+PROBES: dict[str, Callable[..., ProbeResult]] = {"linear": linear_probe, "logreg": logreg_probe}
+"""The probes on frozen features, by name: ``probe(train, test, n_classes, val=, seed=)``."""
+
+
+def random_init(encoder: Encoder, seed: int) -> Encoder:
+    """The baseline every downstream result is shown beside: an encoder of ``encoder``'s architecture with
+    weights drawn from ``seed`` alone (on the CPU, the global random state left as it was, so one seed gives
+    one encoder on any device), in eval mode on ``encoder``'s device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        baseline = Encoder(dataclasses.replace(encoder.config))
+    return baseline.to(next(encoder.parameters()).device).eval()
+
+
+def beside_random_init(encoder: Encoder, seed: int,
+                       run: Callable[[str, Encoder], ProbeResult]) -> dict[str, ProbeResult]:
+    """``run(name, encoder)`` for ``encoder`` and for its :func:`random_init` baseline of ``seed``:
+    {"pretrained": ..., "random init": ...}."""
+    return {name: run(name, enc) for name, enc in (("pretrained", encoder), ("random init", random_init(encoder, seed)))}
+
+
 def probe_against_random_init(encoder: Encoder, train: Dataset, test: Dataset, n_classes: int, seed: int = 0,
                               progress: bool = True) -> dict[str, ProbeResult]:
-    """The paper's linear probe of ``encoder`` and of a randomly initialised encoder of the same
-    architecture (seeded), on the same (x, label) datasets: {"pretrained": ..., "random init": ...}."""
-    device = next(encoder.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed + 1)
-        random_encoder = type(encoder)(encoder.config).to(device)
-    results = {}
-    for name, enc in (("pretrained", encoder), ("random init", random_encoder)):
+    """The paper's linear probe of ``encoder`` and of its :func:`random_init` baseline (``seed``), fit on
+    the (x, label) dataset ``train``, scored on ``test``: {"pretrained": ..., "random init": ...}."""
+    def run(name: str, enc: Encoder) -> ProbeResult:
         feats = [embed_dataset(enc, data, desc=f"{name}: {what}", progress=progress)
                  for data, what in ((train, "train"), (test, "test"))]
-        results[name] = linear_probe(*feats, n_classes=n_classes, seed=seed)
-    return results
+        return linear_probe(*feats, n_classes=n_classes, seed=seed)
+
+    return beside_random_init(encoder, seed, run)

@@ -14,9 +14,12 @@ class CroPAAttention(nn.Module):
     Parameters are named as in the original ECG-JEPA (``qkv``: Linear(dim, 3·dim), rows [0, dim) q,
     [dim, 2·dim) k, [2·dim, 3·dim) v, heads contiguous; ``proj``: Linear(dim, dim)), so its weights load
     unchanged. With ``n_leads=1`` this is ordinary full attention.
+
+    ``backend``: this module's own CroPA backend; None (default) follows the runtime setting
+    (:func:`ecg_jepa.use_backend`, ``$ECG_JEPA_ATTN_BACKEND``) when it runs.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, backend: str = "auto") -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, backend: str | None = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise InputError(f"dim {dim} is not divisible by num_heads {num_heads}")

@@ -3,7 +3,8 @@
 Original release (facts): ``torch.save({'encoder': state_dict, 'epoch': int})``, the student encoder only,
 float32 on CPU; keys ``pos_embed`` (400, D), ``W_P.{weight,bias}``, ``norm.{weight,bias}`` and
 ``encoder_blocks.blocks.{i}.{norm1,norm2,attn.qkv,attn.proj,mlp.fc1,mlp.fc2}.*`` (no qkv bias).
-Ours: ``{'format': FORMAT, 'config': EncoderConfig.to_dict(), 'encoder': state_dict}``.
+Ours: ``{'format': FORMAT, 'config': EncoderConfig.to_dict(), 'encoder': state_dict}``; no backend: which
+kernels run a loaded encoder is decided where it runs (:func:`ecg_jepa.use_backend`).
 Both load with ``weights_only=True``: no arbitrary objects are ever unpickled.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .encoder import Encoder, EncoderConfig
 FORMAT = "ecg-jepa-encoder/1"
 PAPER_HEAD_DIM = 48
 _BLOCK_KEY = re.compile(r"^encoder_blocks\.blocks\.(\d+)\.")
+RUNTIME_FIELDS = ("attn_backend", "embed_backend")
+"""Config fields of checkpoints written while the backends were part of the config: ignored on load."""
 
 
 def save_encoder(encoder: Encoder, path: str | os.PathLike) -> Path:
@@ -52,9 +55,10 @@ def parse_leads(leads: str | Sequence[str | int]) -> tuple[int, ...]:
 
 def config_from_dict(values: dict, source: str) -> EncoderConfig:
     """An :class:`EncoderConfig` from a checkpoint's stored config, with a clear error for fields this
-    version does not know (a checkpoint written by a newer ecg-jepa) or bad values."""
-    known = set(EncoderConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
+    version does not know (a checkpoint written by a newer ecg-jepa) or bad values; the backend fields of
+    older checkpoints (:data:`RUNTIME_FIELDS`) are dropped."""
+    values = {k: v for k, v in values.items() if k not in RUNTIME_FIELDS}
+    unknown = sorted(set(values) - set(EncoderConfig.__dataclass_fields__))
     if unknown:
         raise InputError(f"{source}: its encoder config has fields this ecg-jepa does not know ({', '.join(unknown)}); "
                          "it was written by a newer version: upgrade ecg-jepa to read it")
@@ -114,7 +118,6 @@ def load_encoder(
     leads: Sequence[str | int] | None = None,
     *,
     num_heads: int | None = None,
-    attn_backend: str = "auto",
 ) -> Encoder:
     """Load an encoder (eval mode) from our checkpoints or the original ECG-JEPA release format.
 
@@ -135,7 +138,6 @@ def load_encoder(
         config = infer_config(state, num_heads)
     if leads is not None:
         config.leads = parse_leads(leads)
-    config.attn_backend = attn_backend
     encoder = Encoder(EncoderConfig(**config.to_dict()))
     _load_strict(encoder, state, str(path))
     return encoder.eval()

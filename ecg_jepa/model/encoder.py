@@ -18,7 +18,8 @@ from .vit import Block, Blocks, init_vit_weights
 @dataclass
 class EncoderConfig:
     """Encoder architecture. ``leads`` are indices into :data:`ecg_jepa.LEADS` (the rows of the position
-    table the input channels use, in input order); the default is all 8 in order."""
+    table the input channels use, in input order); the default is all 8 in order. Which kernels run it is
+    no part of it: see :func:`ecg_jepa.use_backend`."""
 
     dim: int = 768
     depth: int = 12
@@ -27,8 +28,6 @@ class EncoderConfig:
     qkv_bias: bool = False
     drop_path: float = 0.0
     leads: tuple[int, ...] = field(default_factory=lambda: tuple(range(len(LEADS))))
-    attn_backend: str = "auto"
-    embed_backend: str = "auto"
 
     def __post_init__(self) -> None:
         self.leads = tuple(int(i) for i in self.leads)
@@ -59,7 +58,7 @@ class Encoder(nn.Module):
         self.pos_embed = nn.Parameter(sincos_2d(config.dim, len(LEADS), N_SLOTS), requires_grad=False)
         dpr = torch.linspace(0, config.drop_path, config.depth).tolist()
         self.encoder_blocks = Blocks(
-            [Block(config.dim, config.num_heads, config.mlp_ratio, config.qkv_bias, p, config.attn_backend) for p in dpr]
+            [Block(config.dim, config.num_heads, config.mlp_ratio, config.qkv_bias, p) for p in dpr]
         )
         self.norm = nn.LayerNorm(config.dim)
         init_vit_weights(self, self.encoder_blocks)
@@ -109,7 +108,7 @@ class Encoder(nn.Module):
             mask = SlotMask.of(mask, b, x.device)  # validated once, here; layers below use its slot ids
         tokens = patch_embed(  # (B, L·T_vis, D), lead-major, position rows added
             x, self.W_P.weight.to(x.dtype), self.W_P.bias.to(x.dtype), self.pos_embed, mask=mask,
-            leads=self.lead_ids, backend=self.config.embed_backend, check_finite=not trusted,
+            leads=self.lead_ids, check_finite=not trusted,
         )
         pos = self.position_rows().to(tokens.dtype)[None]  # (1, L, 50, D)
         if mask is not None:

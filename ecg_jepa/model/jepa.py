@@ -1,4 +1,5 @@
-"""ECG-JEPA: student encoder, EMA teacher and per-lead predictor."""
+"""ECG-JEPA: student encoder, EMA teacher and per-lead predictor, and the model presets (sizes; their
+training recipes are in :mod:`ecg_jepa.train.recipe`)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import N_SLOTS
-from ..errors import InputError
 from ..ops.layout import SlotMask, take_slots
 from .encoder import Encoder, EncoderConfig
 from .predictor import Predictor
@@ -33,64 +33,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A preset's pretraining recipe for one masking strategy: global batch, peak learning rate, and the
-    run's length in epochs (with warm-up epochs) or in steps."""
-
-    batch_size: int
-    lr: float
-    epochs: int | None = None
-    warmup_epochs: float | None = None
-    steps: int | None = None
-
-
-RECIPES: dict[tuple[str, str], Recipe] = {
-    # The paper's: batch and lr depend on the mask; 100 epochs with 5 of linear warm-up.
-    ("vit-b", "multiblock"): Recipe(64, 5e-5, epochs=100, warmup_epochs=5),
-    ("vit-b", "random"): Recipe(128, 2.5e-5, epochs=100, warmup_epochs=5),
-    # A few minutes on 2 CPU cores.
-    ("tiny", "multiblock"): Recipe(32, 1e-3, steps=800),
-    ("tiny", "random"): Recipe(32, 1e-3, steps=800),
-}
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A run's length and optimizer settings, resolved for a dataset: ``steps`` of ``batch_size``,
-    ``warmup_steps`` of linear warm-up to ``lr``; ``per_epoch`` steps make one pass over the data."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    per_epoch: int
-
-
-def resolve_recipe(preset: str, mask: str, n_records: int, *, batch_size: int | None = None, lr: float | None = None,
-                   epochs: int | None = None, steps: int | None = None, warmup_epochs: float | None = None) -> Schedule:
-    """The preset's recipe for ``mask`` on ``n_records`` ECGs, with any of its values overridden. Steps win
-    over epochs; without either the recipe's length is used; warm-up defaults to the recipe's warm-up
-    epochs when the run is counted in epochs, else 10 % of the steps."""
-    if (preset, mask) not in RECIPES:
-        raise InputError(f"no recipe for preset {preset!r} with {mask!r} masks; presets: {', '.join(PRESETS)}")
-    r = RECIPES[(preset, mask)]
-    batch = r.batch_size if batch_size is None else batch_size
-    if batch < 1 or (steps is not None and steps < 1):
-        raise InputError(f"steps and batch_size must be positive, got steps={steps}, batch size={batch}")
-    if n_records < batch:
-        raise InputError(f"batch size {batch} is larger than the {n_records} ECGs to train on; "
-                         f"pass a batch size of at most {n_records} or more data")
-    per_epoch = n_records // batch
-    epochs = epochs if epochs is not None else (None if steps is not None else r.epochs)
-    steps = steps if steps is not None else (epochs * per_epoch if epochs is not None else r.steps)
-    if steps < 1:
-        raise InputError(f"the run has no steps: {epochs} epochs of {per_epoch} steps; train longer")
-    warmup_epochs = warmup_epochs if warmup_epochs is not None else (r.warmup_epochs if epochs else None)
-    warmup = int(warmup_epochs * per_epoch) if warmup_epochs is not None else steps // 10
-    return Schedule(steps, batch, r.lr if lr is None else lr, min(warmup, steps), per_epoch)
-
-
 class JEPA(nn.Module):
     """Student (``encoder``), EMA teacher (``target_encoder``, no gradients) and ``predictor``.
 
@@ -107,10 +49,7 @@ class JEPA(nn.Module):
         self.encoder = Encoder(config)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_encoder.requires_grad_(False)
-        self.predictor = Predictor(
-            config.dim, preset.pred_dim, preset.pred_depth, preset.pred_heads, config.mlp_ratio,
-            attn_backend=config.attn_backend,
-        )
+        self.predictor = Predictor(config.dim, preset.pred_dim, preset.pred_depth, preset.pred_heads, config.mlp_ratio)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | SlotMask, *,
                 trusted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

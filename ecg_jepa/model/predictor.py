@@ -20,7 +20,7 @@ class Predictor(nn.Module):
 
     def __init__(
         self, dim: int, pred_dim: int = 384, depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0,
-        drop_path: float = 0.0, attn_backend: str = "auto",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.predictor_embed = nn.Linear(dim, pred_dim)
@@ -28,7 +28,7 @@ class Predictor(nn.Module):
         self.pos_embed = nn.Parameter(sincos_2d(pred_dim, 1, N_SLOTS), requires_grad=False)
         dpr = torch.linspace(0, drop_path, depth).tolist()
         self.predictor_blocks = Blocks(
-            [Block(pred_dim, num_heads, mlp_ratio, False, p, attn_backend) for p in dpr]
+            [Block(pred_dim, num_heads, mlp_ratio, False, p) for p in dpr]
         )
         self.predictor_norm = nn.LayerNorm(pred_dim)
         self.predictor_proj = nn.Linear(pred_dim, dim)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from .setting import current_backend
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None  # looks, does not import
 
@@ -68,6 +69,20 @@ class InputSpec:
         cap, name = _gpu(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
             if x.is_cuda else (None, None)
         return cls(x.device.type, x.dtype, tuple(x.shape), needs_grad, cap, n_leads, name)
+
+    @classmethod
+    def describe(cls, device: str | torch.device, dtype: torch.dtype, shape: Sequence[int], needs_grad: bool = False,
+                 n_leads: int | None = None, capability: tuple[int, int] | None = None) -> "InputSpec":
+        """Inputs of this shape described without allocating them. On a ``cuda`` device of this machine the
+        GPU's own capability and name are used; without a GPU, ``capability`` describes the one meant (on
+        the CPU it is dropped)."""
+        device = torch.device(device)
+        name = None
+        if device.type != "cuda":
+            capability = None
+        elif torch.cuda.is_available():
+            capability, name = _gpu(device.index if device.index is not None else torch.cuda.current_device())
+        return cls(device.type, dtype, tuple(shape), needs_grad, capability, n_leads, name)
 
     def __str__(self) -> str:
         where = self.device + (f" sm_{self.capability[0]}{self.capability[1]}" if self.capability else "")
@@ -149,11 +164,13 @@ Order = Callable[[InputSpec], tuple[Sequence[str], str]]
 
 @dataclass(frozen=True)
 class Dispatcher:
-    """The backends of one op and the order ``auto`` tries them in (a function of the input spec)."""
+    """The backends of one op, the order ``auto`` tries them in (a function of the input spec) and the
+    name of the op's runtime setting (:mod:`.setting`), which a request of ``backend=None`` follows."""
 
     op: str
     backends: dict[str, Backend]
     order: Order
+    setting: str
 
     def _choice(self, spec: InputSpec, backend: str) -> str | None:
         """The backend that runs ``spec`` for this request, None if none can (raises on an unknown name)."""
@@ -166,7 +183,9 @@ class Dispatcher:
             )
         return None if self.backends[backend].why_not(spec) else backend
 
-    def select(self, spec: InputSpec, backend: str = "auto") -> str:
+    def select(self, spec: InputSpec, backend: str | None = None) -> str:
+        """The backend that runs ``spec``: ``backend``, or the op's setting when it is None."""
+        backend = current_backend(self.setting, backend)
         chosen = self._choice(spec, backend)
         if chosen is not None:
             return chosen
@@ -175,8 +194,9 @@ class Dispatcher:
         reasons = self.backends[backend].why_not(spec)
         raise InputError(f"{self.op} backend {backend!r} cannot run here: {'; '.join(reasons)}")
 
-    def explain(self, spec: InputSpec, backend: str = "auto") -> str:
+    def explain(self, spec: InputSpec, backend: str | None = None) -> str:
         """A header naming the inputs and the choice, then one line per backend with every reason."""
+        backend = current_backend(self.setting, backend)
         chosen = self._choice(spec, backend)
         names, why = self.order(spec)
         lines = [f"{self.op} on {spec}: backend={backend!r} -> {chosen!r}"]

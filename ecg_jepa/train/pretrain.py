@@ -33,49 +33,52 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..atomic import load_torch
+from ..constants import N_SLOTS
 from ..errors import InputError, RunError
 from ..model.jepa import JEPA
 from ..model.masks import multiblock_mask, random_mask
 from .distributed import World
 from .loader import StepBatches, quiet_worker_deaths, step_loader, to_device
 from .metrics import bf16_peak_tflops, peak_memory_mb, step_flops
+from .recipe import DEFAULT_MASK, DEFAULT_PRESET, MASKS, RECIPES, WEIGHT_DECAY, cosine_lr, default_warmup, ema_momentum
 from .run_folder import LOG as LOG_NAME, RunFolder
-from .schedule import cosine_lr, ema_momentum
 
 CKPT_FORMAT = "ecg-jepa-pretrain/1"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# The fields that decide what a run computes: a resume must match them; the others may change.
 LOADER_GRACE = 2.0  # seconds a rank whose loader failed waits for the signal that may have caused it
+# The fields that decide what a run computes: a resume must match them; the others may change.
 IDENTITY = ("preset", "mask", "per_sample_masks", "steps", "batch_size", "lr", "warmup_steps", "weight_decay",
             "precision", "seed")
+_DEFAULT = RECIPES[(DEFAULT_PRESET, DEFAULT_MASK)]
 
 
 @dataclass
 class PretrainConfig:
     """A pretraining run: ``steps`` optimizer steps of ``batch_size`` ECGs (global, over all ranks);
-    ``lr`` is the peak of the per-step cosine schedule, reached after ``warmup_steps`` from 1e-6.
-    ``compile``: torch.compile the block stacks (one dynamic-shape graph each, whatever the mask)."""
+    ``lr`` is the peak of the per-step cosine schedule (:func:`.recipe.cosine_lr`), reached after
+    ``warmup_steps``. The defaults are the default preset's recipe (:mod:`.recipe`); ``resolve_recipe``
+    gives another's. ``compile``: torch.compile the block stacks (one dynamic-shape graph each, whatever
+    the mask). The attention backend is a runtime setting, no part of the run (:func:`ecg_jepa.use_backend`)."""
 
-    preset: str = "tiny"
-    mask: str = "multiblock"
+    preset: str = DEFAULT_PRESET
+    mask: str = DEFAULT_MASK
     per_sample_masks: bool = False
-    steps: int = 800
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 80
-    weight_decay: float = 0.05
+    steps: int = _DEFAULT.steps
+    batch_size: int = _DEFAULT.batch_size
+    lr: float = _DEFAULT.lr
+    warmup_steps: int = default_warmup(_DEFAULT.steps)
+    weight_decay: float = WEIGHT_DECAY
     precision: str = "fp32"
     compile: bool = False
     seed: int = 0
-    attn_backend: str = "auto"
     checkpoint_every: int = 100
     checkpoint_minutes: float = 10.0
     log_every: int = 10
     workers: int = 1
 
     def __post_init__(self) -> None:
-        if self.mask not in ("multiblock", "random"):
-            raise InputError(f"mask must be 'multiblock' or 'random', got {self.mask!r}")
+        if self.mask not in MASKS:
+            raise InputError(f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
         if self.per_sample_masks and self.mask != "random":
             raise InputError("per-sample masks need --mask random (multi-block unions differ in size per sample)")
         if self.steps < 1 or self.batch_size < 1:
@@ -245,9 +248,9 @@ def warm_up_kernels(model: JEPA, device: torch.device, precision: str) -> str | 
     cfg = model.encoder.config
     dtype = PRECISIONS[precision]
     head_dim, n_leads = cfg.dim // cfg.num_heads, len(cfg.leads)
-    cap = tuple(torch.cuda.get_device_capability(device))
-    chosen = {grad: DISPATCH.select(InputSpec("cuda", dtype, (1, cfg.num_heads, n_leads * 50, head_dim), grad, cap,
-                                              n_leads), cfg.attn_backend)
+    backend = model.encoder.encoder_blocks.blocks[0].attn.backend  # None: the runtime setting
+    chosen = {grad: DISPATCH.select(InputSpec.describe(device, dtype, (1, cfg.num_heads, n_leads * N_SLOTS, head_dim),
+                                                       grad, n_leads), backend)
               for grad in (False, True)}  # the teacher's forward runs without gradients, the student's with
     done = []
     tic = time.perf_counter()
@@ -304,7 +307,7 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
            say, banner: str | None = None) -> JEPA:
     device = world.device
     torch.manual_seed(cfg.seed)
-    model = JEPA(cfg.preset, attn_backend=cfg.attn_backend).to(device)
+    model = JEPA(cfg.preset).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
                             fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")

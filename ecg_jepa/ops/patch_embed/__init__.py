@@ -50,7 +50,7 @@ def auto_order(spec: InputSpec) -> tuple[tuple[str, ...], str]:
     return ("reference",), "the fused kernels need a GPU"
 
 
-DISPATCH = Dispatcher("patch embedding", BACKENDS, auto_order)
+DISPATCH = Dispatcher("patch embedding", BACKENDS, auto_order, "embed")
 
 
 def _prepare(x, weight, bias, pos, mask, leads, check_finite) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ def patch_embed(
     *,
     mask: torch.Tensor | SlotMask | None = None,
     leads: Sequence[int] | torch.Tensor | None = None,
-    backend: str = "auto",
+    backend: str | None = None,
     check_finite: bool = True,
 ) -> torch.Tensor:
     """Patch embedding of the visible slots.
@@ -121,7 +121,8 @@ def patch_embed(
             :class:`~ecg_jepa.ops.layout.SlotMask` already validated.
         leads: the table lead of each input channel (default 0..L-1), any order; or those ids as an (L,)
             int32 tensor on x's device (a model's buffer: no host data per call).
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "triton" or "cuda"; None (default): the runtime setting,
+            :func:`ecg_jepa.use_backend` or ``$ECG_JEPA_EMBED_BACKEND``, else "auto".
         check_finite: refuse NaN or infinite samples (reads x's values: on a GPU that waits for it; pass
             False when the batch was checked where it entered).
 
