@@ -23,9 +23,11 @@ inline ecg_jepa::DType dtype_of(const at::Tensor& t) {
 inline void check(cudaError_t err, const char* what) { TORCH_CHECK(err == cudaSuccess, what, " failed (error ", int(err), ")"); }
 
 inline void check_fits(const at::Tensor& q, int64_t n_leads, size_t smem_limit) {
-  const auto plan = ecg_jepa::attention_plan(dtype_of(q), int(n_leads), int(q.size(3)), smem_limit);
-  TORCH_CHECK(plan.fwd_group > 0 && plan.bwd_group > 0, "CroPA attention with ", n_leads, " leads and head dim ",
-              q.size(3), " needs more shared memory per CTA than the device's ", smem_limit, " bytes");
+  TORCH_CHECK(q.scalar_type() != at::kFloat, "the CUDA CroPA forward runs on tensor cores: float16 or bfloat16 only, got float32");
+  const int64_t slots = q.size(2) / n_leads;
+  const auto plan = ecg_jepa::attention_plan(dtype_of(q), int(n_leads), int(slots), int(q.size(3)), smem_limit);
+  TORCH_CHECK(plan.fwd_smem > 0 && plan.bwd_group > 0, "CroPA attention with ", n_leads, " leads, ", slots,
+              " slots and head dim ", q.size(3), " needs more shared memory per CTA than the device's ", smem_limit, " bytes");
 }
 
 inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -71,12 +73,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cropa_bwd(const at::Tensor& grad_
   return {dq, dk, dv};
 }
 
-// (forward leads per CTA, backward leads per CTA, forward shared bytes, backward shared bytes) for a device
-// with ``smem_limit`` bytes of shared memory per CTA; a group of 0: does not fit.
-inline std::vector<int64_t> cropa_plan(int64_t dtype, int64_t n_leads, int64_t head_dim, int64_t smem_limit) {
-  const auto plan = ecg_jepa::attention_plan(static_cast<ecg_jepa::DType>(dtype), int(n_leads), int(head_dim),
+// (forward shared bytes, backward leads per CTA, backward shared bytes) for a device with ``smem_limit``
+// bytes of shared memory per CTA; 0 bytes or a group of 0: does not fit.
+inline std::vector<int64_t> cropa_plan(int64_t dtype, int64_t n_leads, int64_t slots, int64_t head_dim, int64_t smem_limit) {
+  const auto plan = ecg_jepa::attention_plan(static_cast<ecg_jepa::DType>(dtype), int(n_leads), int(slots), int(head_dim),
                                              size_t(smem_limit));
-  return {plan.fwd_group, plan.bwd_group, int64_t(plan.fwd_smem), int64_t(plan.bwd_smem)};
+  return {int64_t(plan.fwd_smem), plan.bwd_group, int64_t(plan.bwd_smem)};
 }
 
 // The ops' schemas, written once for both libraries: ``tag`` goes after each op's family name (the extension's
@@ -87,7 +89,7 @@ inline void define_ops(torch::Library& m, const std::string& tag, const std::str
   def("cropa" + tag + "_fwd(Tensor q, Tensor k, Tensor v, int n_leads, float scale" + extra + ") -> (Tensor, Tensor)");
   def("cropa" + tag + "_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int n_leads, "
       "float scale" + extra + ") -> (Tensor, Tensor, Tensor)");
-  m.def(("cropa" + tag + "_plan(int dtype, int n_leads, int head_dim, int smem_limit) -> int[]").c_str(), &cropa_plan);
+  m.def(("cropa" + tag + "_plan(int dtype, int n_leads, int slots, int head_dim, int smem_limit) -> int[]").c_str(), &cropa_plan);
   def("patch_embed" + tag + "(Tensor x, Tensor weight, Tensor bias, Tensor pos, Tensor vis, Tensor lead_ids) -> Tensor");
   def("patch_embed" + tag + "_dx(Tensor grad, Tensor weight, Tensor vis, int[] x_shape) -> Tensor");
 }

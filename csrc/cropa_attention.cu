@@ -1,43 +1,21 @@
-// CroPA attention, forward and backward, in the block-synchronous model of block.cuh.
+// CroPA attention, forward and backward. A query (l, t) sees the T keys of its own lead (the row part) and
+// the L - 1 keys (m, t), m != l, of its own slot (the column part) under one softmax.
 //
-// One CTA per (batch·head, block of 16 slots, group of G leads). A query (l, t) sees the T keys of its own
-// lead (the row part) and the L - 1 keys (m, t), m != l, of its own slot (the column part) under one
-// softmax. The CTA keeps in shared memory its queries (G leads x 16 slots), the keys and values of every
-// lead at its 16 slots (the column part's keys, read from global memory once), and streams the keys and
-// values of its leads block by block for the row part: 16x16 tensor-core tiles (WMMA) for S = QKᵀ and P·V,
-// an online softmax over the blocks started at the column scores' maximum, the column probabilities and
-// values added under the final maximum. The backward is one kernel after a Delta = rowsum(dO∘O) pass:
-// dq of the CTA's queries (row part against the streamed key blocks, column part against every lead's
-// keys at its slots), then dk and dv of its keys (row part against the streamed query blocks, column part
-// against every lead's queries at its slots). Each gradient row is written by the one CTA that owns it:
-// no atomics. G is the largest group whose shared memory fits the device (attention_plan).
-#include "block.cuh"
+// Forward (warp-level, warp.cuh): one CTA per batch·head stages the head's keys and values in shared memory;
+// warps own 16-query blocks and keep scores, probabilities and the output in mma.sync fragments (see fwd_cta).
+//
+// Backward (block-synchronous, block.cuh): one CTA per (batch·head, block of 16 slots, group of G leads),
+// one kernel after a Delta = rowsum(dO∘O) pass: dq of the CTA's queries (row part against the streamed key
+// blocks, column part against every lead's keys at its slots), then dk and dv of its keys (row part against
+// the streamed query blocks, column part against every lead's queries at its slots), 16x16 WMMA tiles through
+// shared memory. Each gradient row is written by the one CTA that owns it: no atomics. G is the largest group
+// whose shared memory fits the device (attention_plan).
+#include "warp.cuh"
 
 namespace ecg_jepa {
 namespace {
 
 constexpr float kNegInf = -INFINITY;
-
-// Shared-memory layout of the forward CTA: G leads of L, head dim padded to dp, element size ts.
-struct FwdSmem {
-  size_t q, k, v, k_all, v_all, s, p, o, c, mx, sum, total;
-  ECG_HOST_DEVICE FwdSmem(int leads, int group, int dp, int ts) {
-    Carve cv;
-    const size_t tile = size_t(kTile) * dp;
-    q = cv.take(group * tile * ts);          // the group's queries at the CTA's slots
-    k = cv.take(group * tile * ts);          // the group's keys of the current key block
-    v = cv.take(group * tile * ts);
-    k_all = cv.take(leads * tile * ts);      // every lead's keys and values at the CTA's slots
-    v_all = cv.take(leads * tile * ts);
-    s = cv.take(group * kTile * kTile * 4);  // row scores of the current block
-    p = cv.take(group * kTile * kTile * ts); // their probabilities, in the storage type
-    o = cv.take(group * tile * 4);           // the output accumulator
-    c = cv.take(group * kTile * leads * 4);  // column scores
-    mx = cv.take(group * kTile * 4);         // running maximum and sum per query
-    sum = cv.take(group * kTile * 4);
-    total = cv.used;
-  }
-};
 
 // Shared-memory layout of the backward CTA.
 struct BwdSmem {
@@ -83,8 +61,7 @@ ECG_HD void load_stats(Block& blk, float* dst, const float* src, int n_rows, Tok
 }
 
 // For each lead g of the group: acc[g] += p[g] · rows[g], p 16 x 16 and rows, acc 16 x dp (row-major), on
-// gn·tiles warp items (one per lead and 16 columns, tiles = dp / 16): P·V in the forward, dS·K in the
-// backward's pass A.
+// gn·tiles warp items (one per lead and 16 columns, tiles = dp / 16): dS·K in the backward's pass A.
 template <typename T>
 ECG_HD void accumulate_products(Block& blk, const T* p, const T* rows, float* acc, int gn, int dp, int tiles) {
   blk.warps(gn * tiles, [&](int job) {
@@ -92,101 +69,6 @@ ECG_HD void accumulate_products(Block& blk, const T* p, const T* rows, float* ac
     tile_product<T, false>(blk, p + g * kTile * kTile, kTile, rows + g * kTile * dp + c * kTile, dp,
                            acc + g * kTile * dp + c * kTile, dp, kTile, true);
   });
-}
-
-// ---------------------------------------------------------------------------------------------------
-template <typename T>
-ECG_HD void fwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v, T* o, float* lse, int leads,
-                      int group, int slots, int d, float scale, bool vec) {
-  const int dp = round_up(d, kTile), nb = cdiv(slots, kTile), tiles = dp / kTile;
-  const Tokens tok{leads, slots};
-  const int64_t bh = blk.x, n = int64_t(leads) * slots;
-  const int jb = blk.y, g0 = blk.z * group, gn = group < leads - g0 ? group : leads - g0;
-  const FwdSmem lay(leads, group, dp, int(sizeof(T)));
-  T *sq = reinterpret_cast<T*>(smem + lay.q), *sk = reinterpret_cast<T*>(smem + lay.k);
-  T *sv = reinterpret_cast<T*>(smem + lay.v), *sk_all = reinterpret_cast<T*>(smem + lay.k_all);
-  T *sv_all = reinterpret_cast<T*>(smem + lay.v_all), *sp = reinterpret_cast<T*>(smem + lay.p);
-  float *ss = reinterpret_cast<float*>(smem + lay.s), *so = reinterpret_cast<float*>(smem + lay.o);
-  float *sc = reinterpret_cast<float*>(smem + lay.c), *smax = reinterpret_cast<float*>(smem + lay.mx);
-  float* ssum = reinterpret_cast<float*>(smem + lay.sum);
-  q += bh * n * d, k += bh * n * d, v += bh * n * d, o += bh * n * d, lse += bh * n;
-  const int slot0 = jb * kTile;
-
-  // 1. The group's queries; every lead's keys and values at these slots.
-  Rows<T>::load(blk, sq, dp, q, d, d, gn * kTile, vec, [&](int r) { return tok.row(g0 + r / kTile, slot0 + r % kTile); });
-  Rows<T>::load(blk, sk_all, dp, k, d, d, leads * kTile, vec, [&](int r) { return tok.row(r / kTile, slot0 + r % kTile); });
-  Rows<T>::load(blk, sv_all, dp, v, d, d, leads * kTile, vec, [&](int r) { return tok.row(r / kTile, slot0 + r % kTile); });
-  blk.threads(gn * kTile * dp, [&](int i) { so[i] = 0.f; });
-  blk.sync();
-
-  // 2. Column scores, key (m, t) for every other lead m; their maximum starts the running maximum.
-  blk.threads(gn * kTile, [&](int r) {
-    const int lead = g0 + r / kTile, t = r % kTile;
-    float top = kNegInf;
-    for (int m = 0; m < leads; ++m) {
-      const float x = (m != lead && slot0 + t < slots) ? scale * dot(sq + r * dp, sk_all + (m * kTile + t) * dp, d)
-                                                        : kNegInf;
-      sc[r * leads + m] = x;
-      top = x > top ? x : top;
-    }
-    smax[r] = top;
-    ssum[r] = 0.f;
-  });
-  blk.sync();
-
-  // 3. The row part, one block of 16 key slots at a time.
-  for (int i = 0; i < nb; ++i) {
-    Rows<T>::load(blk, sk, dp, k, d, d, gn * kTile, vec, [&](int r) { return tok.row(g0 + r / kTile, i * kTile + r % kTile); });
-    Rows<T>::load(blk, sv, dp, v, d, d, gn * kTile, vec, [&](int r) { return tok.row(g0 + r / kTile, i * kTile + r % kTile); });
-    blk.sync();
-    blk.warps(gn, [&](int g) {
-      tile_product<T, true>(blk, sq + g * kTile * dp, dp, sk + g * kTile * dp, dp, ss + g * kTile * kTile, kTile, dp, false);
-    });
-    blk.sync();
-    blk.threads(gn * kTile, [&](int r) {
-      float* srow = ss + r * kTile;
-      float top = smax[r];
-      for (int s = 0; s < kTile; ++s) {
-        const float x = i * kTile + s < slots ? srow[s] * scale : kNegInf;  // block i's slot 0 is a real key
-        srow[s] = x;
-        top = x > top ? x : top;
-      }
-      const float alpha = fast_exp(smax[r] - top);
-      float sum = 0.f;
-      for (int s = 0; s < kTile; ++s) {
-        const float p = fast_exp(srow[s] - top);
-        sp[r * kTile + s] = from_float<T>(p);
-        sum += p;
-      }
-      float* orow = so + r * dp;
-      for (int e = 0; e < dp; ++e) orow[e] *= alpha;
-      ssum[r] = ssum[r] * alpha + sum;
-      smax[r] = top;
-    });
-    blk.sync();
-    accumulate_products(blk, sp, sv, so, gn, dp, tiles);
-    blk.sync();
-  }
-
-  // 4. The column part under the final maximum; normalise; out and the log-sum-exp.
-  blk.threads(gn * kTile, [&](int r) {
-    const int t = r % kTile;
-    float* orow = so + r * dp;
-    float sum = ssum[r];
-    for (int m = 0; m < leads; ++m) {
-      const float p = fast_exp(sc[r * leads + m] - smax[r]);
-      if (p == 0.f) continue;
-      sum += p;
-      const T* vrow = sv_all + (m * kTile + t) * dp;
-      for (int e = 0; e < d; ++e) orow[e] += p * to_float(vrow[e]);
-    }
-    const float inv = fast_rcp(sum);
-    for (int e = 0; e < dp; ++e) orow[e] *= inv;
-    const int64_t row = tok.row(g0 + r / kTile, slot0 + t);
-    if (row >= 0) lse[row] = smax[r] + fast_log(sum);
-  });
-  blk.sync();
-  Rows<T>::store(blk, o, d, d, so, dp, gn * kTile, 1.f, vec, [&](int r) { return tok.row(g0 + r / kTile, slot0 + r % kTile); });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -332,16 +214,241 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
 }
 
 // ---------------------------------------------------------------------------------------------------
-#ifndef ECG_JEPA_HOST_EMULATION
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1)
-cropa_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-                 float* __restrict__ lse, int leads, int group, int slots, int d, float scale, bool vec) {
-  extern __shared__ __align__(128) char smem[];
-  Block blk;
-  fwd_block<T>(blk, smem, q, k, v, o, lse, leads, group, slots, d, scale, vec);
+// The forward: one CTA of kFwdWarps warps per (batch·head). The head's keys and values (all L·T rows,
+// head dim padded to kD16·16, rows kFwdPad elements apart so that ldmatrix's eight rows fall in distinct
+// banks) are staged in shared memory once by 16-byte cp.async copies. A warp owns blocks of 16 queries of
+// one lead (slots t0..t0+15), their Q fragments read from global memory into registers. Row pass: the
+// lead's keys 16 at a time, S = Q·Kᵀ (mma, K by ldmatrix), online softmax in the accumulator registers,
+// P converted in registers to an A fragment, O += P·V (V by ldmatrix.trans). Column pass: for each other
+// lead m, the key (m, t0 + i) of query row i, gathered with one ldmatrix row address per query row, so
+// that each lane receives exactly the elements of its Q fragment (A layout) and of its O accumulator (C
+// layout): scores by dot products within the quad, the same online softmax, O += p·v. The self key is the
+// row pass's only. O and the natural-log LSE (the backward's inputs) are written once.
+constexpr int kFwdWarps = 8;
+constexpr int kFwdThreads = kFwdWarps * 32;
+constexpr int kFwdPad = 8;      // elements of padding per staged row
+constexpr int kColChunk = 4;    // column keys per online-softmax step
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+// Bytes of the forward CTA's shared memory: K and V of every token of the head.
+ECG_HOST_DEVICE size_t fwd_smem_bytes(int leads, int slots, int head_dim, int ts) {
+  return 2 * size_t(leads) * slots * (round_up(head_dim, kTile) + kFwdPad) * ts;
 }
 
+// Stages rows [0, n) of src (d elements each) as rows of sp elements at dst, zero from column d to dp.
+template <typename T>
+ECG_HD void stage_rows(int tid, T* dst, const T* src, int n, int d, int dp, int sp, bool vec) {
+  if (vec) {
+    const int chunks = dp / 8;
+    for (int i = tid; i < n * chunks; i += kFwdThreads) {
+      const int r = i / chunks, col = (i % chunks) * 8;
+      cp_async16(dst + r * sp + col, src + int64_t(r) * d + (col < d ? col : 0), col < d ? 16 : 0);
+    }
+  } else {
+    for (int i = tid; i < n * dp; i += kFwdThreads) {
+      const int r = i / dp, col = i % dp;
+      dst[r * sp + col] = col < d ? src[int64_t(r) * d + col] : from_float<T>(0.f);
+    }
+  }
+}
+
+// The 16-bit pair (row, col), (row, col + 1) of a (rows x d) matrix, zero outside it.
+template <typename T>
+ECG_HD uint32_t pair_at(const T* m, int row, int rows, int col, int d, bool vec) {
+  if (row >= rows || col >= d) return 0u;
+  if (vec) return *reinterpret_cast<const uint32_t*>(m + int64_t(row) * d + col);
+  const float hi = col + 1 < d ? to_float(m[int64_t(row) * d + col + 1]) : 0.f;
+  return pack2<T>(to_float(m[int64_t(row) * d + col]), hi);
+}
+
+// Online-softmax step for this lane's two rows (h = 0: row g, h = 1: row g + 8): row maximum `top` of the
+// new scores (quad-wide), rescales the accumulators and the running sums by e^(old max - new max).
+template <int kN>
+ECG_HD float rescale(float (&acc)[kN][4], float& mx, float& sum, float top, int h) {
+  const float next = mx > top ? mx : top;
+  const float alpha = fast_exp2(mx - next);
+  mx = next;
+  sum *= alpha;
+  for (int j = 0; j < kN; ++j) acc[j][2 * h] *= alpha, acc[j][2 * h + 1] *= alpha;
+  return next;
+}
+
+ECG_HD float quad_max(float x) {
+  x = fmaxf(x, shfl_xor(x, 1));
+  return fmaxf(x, shfl_xor(x, 2));
+}
+ECG_HD float quad_sum(float x) {
+  x += shfl_xor(x, 1);
+  return x + shfl_xor(x, 2);
+}
+
+template <typename T, int kD16>
+ECG_HD void fwd_cta(int tid, int64_t bh, char* smem, const T* q, const T* k, const T* v, T* o, float* lse, int leads,
+                    int slots, int d, float scale_log2, bool vec) {
+  constexpr int kDp = kD16 * kTile, kSp = kDp + kFwdPad, kN = 2 * kD16;  // kN: n-tiles of 8 output columns
+  const int n = leads * slots;
+  T* sk = reinterpret_cast<T*>(smem);
+  T* sv = sk + int64_t(n) * kSp;
+  q += bh * n * d, k += bh * n * d, v += bh * n * d, o += bh * n * d, lse += bh * n;
+  stage_rows(tid, sk, k, n, d, kDp, kSp, vec);
+  stage_rows(tid, sv, v, n, d, kDp, kSp, vec);
+  cp_async_wait_all();
+  cta_sync();
+
+  const int lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int r16 = lane % 16, c8 = (lane / 16) * 8;  // the row and column this lane addresses in an ldmatrix.x4
+  const int blocks = cdiv(slots, kTile);
+  for (int qb = tid / 32; qb < leads * blocks; qb += kFwdWarps) {
+    const int lead = qb / blocks, t0 = (qb % blocks) * kTile;
+    const T* qrows = q + int64_t(lead) * slots * d;
+    uint32_t qa[kD16][4];
+    for (int kk = 0; kk < kD16; ++kk)
+      for (int i = 0; i < 4; ++i)
+        qa[kk][i] = pair_at(qrows, t0 + g + (i % 2) * 8, slots, kk * kTile + 2 * c + (i / 2) * 8, d, vec);
+    float acc[kN][4] = {};
+    float mx[2] = {kNegInf, kNegInf}, sum[2] = {0.f, 0.f};
+
+    // Row pass: the lead's T keys, 16 at a time (rows past T read the last key and are masked).
+    const T *krows = sk + int64_t(lead) * slots * kSp, *vrows = sv + int64_t(lead) * slots * kSp;
+    for (int kb = 0; kb < slots; kb += kTile) {
+      float s[2][4] = {};
+      const int key = kb + (lane % 8) + (lane / 16) * 8;  // B fragments: matrices (keys 0-7 | 8-15) x (k 0-7 | 8-15)
+      const T* krow = krows + (key < slots ? key : slots - 1) * kSp + ((lane / 8) % 2) * 8;
+      for (int kk = 0; kk < kD16; ++kk) {
+        uint32_t b[4];
+        ldmatrix_x4(b, krow + kk * kTile);
+        mma_16816<T>(s[0], qa[kk], b[0], b[1]);
+        mma_16816<T>(s[1], qa[kk], b[2], b[3]);
+      }
+      for (int h = 0; h < 2; ++h) {
+        float top = kNegInf;
+        for (int j = 0; j < 2; ++j)
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[j][2 * h + e];
+            x = kb + 8 * j + 2 * c + e < slots ? x * scale_log2 : kNegInf;
+            top = fmaxf(top, x);
+          }
+        const float m = rescale(acc, mx[h], sum[h], quad_max(top), h);
+        for (int j = 0; j < 2; ++j)
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[j][2 * h + e];
+            x = fast_exp2(x - m);
+            sum[h] += x;
+          }
+      }
+      const uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]), pack2<T>(s[1][0], s[1][1]),
+                              pack2<T>(s[1][2], s[1][3])};
+      const int vkey = kb + r16;
+      const T* vrow = vrows + (vkey < slots ? vkey : slots - 1) * kSp + c8;
+      for (int jj = 0; jj < kD16; ++jj) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, vrow + jj * kTile);
+        mma_16816<T>(acc[2 * jj], pa, b[0], b[1]);
+        mma_16816<T>(acc[2 * jj + 1], pa, b[2], b[3]);
+      }
+    }
+
+    // Column pass: key (m, t0 + i) for query row i, every other lead m, kColChunk leads per step.
+    const int slot = t0 + r16 < slots ? t0 + r16 : slots - 1;  // the query row this lane addresses
+    for (int m0 = 0; m0 < leads; m0 += kColChunk) {
+      float sc[kColChunk][2];
+      for (int u = 0; u < kColChunk; ++u) {
+        const int m = m0 + u;
+        sc[u][0] = sc[u][1] = kNegInf;
+        if (m >= leads || m == lead) continue;  // uniform over the warp
+        const T* kcol = sk + (int64_t(m) * slots + slot) * kSp + c8;
+        float part[2] = {0.f, 0.f};
+        for (int kk = 0; kk < kD16; ++kk) {
+          uint32_t kf[4];  // the A layout of this lane's Q fragment, from the gathered key rows
+          ldmatrix_x4(kf, kcol + kk * kTile);
+          for (int i = 0; i < 4; ++i)
+            part[i % 2] += lo_of<T>(qa[kk][i]) * lo_of<T>(kf[i]) + hi_of<T>(qa[kk][i]) * hi_of<T>(kf[i]);
+        }
+        for (int h = 0; h < 2; ++h) sc[u][h] = quad_sum(part[h]) * scale_log2;
+      }
+      float p[kColChunk][2];
+      for (int h = 0; h < 2; ++h) {
+        float top = kNegInf;
+        for (int u = 0; u < kColChunk; ++u) top = fmaxf(top, sc[u][h]);
+        const float m = rescale(acc, mx[h], sum[h], top, h);
+        for (int u = 0; u < kColChunk; ++u) {
+          p[u][h] = fast_exp2(sc[u][h] - m);
+          if (c == 0) sum[h] += p[u][h];  // the quad's sum: counted once
+        }
+      }
+      for (int u = 0; u < kColChunk; ++u) {
+        const int m = m0 + u;
+        if (m >= leads || m == lead) continue;
+        const T* vcol = sv + (int64_t(m) * slots + slot) * kSp + c8;
+        for (int jj = 0; jj < kD16; ++jj) {
+          uint32_t vf[4];  // the C layout of this lane's accumulators (two n-tiles), from the gathered value rows
+          ldmatrix_x4(vf, vcol + jj * kTile);
+          for (int t = 0; t < 2; ++t)
+            for (int h = 0; h < 2; ++h) {
+              acc[2 * jj + t][2 * h] += p[u][h] * lo_of<T>(vf[2 * t + h]);
+              acc[2 * jj + t][2 * h + 1] += p[u][h] * hi_of<T>(vf[2 * t + h]);
+            }
+        }
+      }
+    }
+
+    // Normalise; write O and the natural-log LSE of this lane's rows.
+    for (int h = 0; h < 2; ++h) {
+      const float total = quad_sum(sum[h]);
+      const int t = t0 + g + 8 * h;
+      if (t >= slots) continue;
+      const int64_t row = int64_t(lead) * slots + t;
+      const float inv = 1.f / total;
+      for (int j = 0; j < kN; ++j) {
+        const int col = 8 * j + 2 * c;
+        const float x0 = acc[j][2 * h] * inv, x1 = acc[j][2 * h + 1] * inv;
+        if (vec && col < d) {
+          *reinterpret_cast<uint32_t*>(o + row * d + col) = pack2<T>(x0, x1);
+        } else {
+          if (col < d) o[row * d + col] = from_float<T>(x0);
+          if (col + 1 < d) o[row * d + col + 1] = from_float<T>(x1);
+        }
+      }
+      if (c == 0) lse[row] = (mx[h] + fast_log2(total)) * kLn2;
+    }
+  }
+}
+
+#ifndef ECG_JEPA_HOST_EMULATION
+template <typename T, int kD16>
+__global__ void __launch_bounds__(kFwdThreads, kD16 <= 4 ? 2 : 1)
+cropa_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+                 float* __restrict__ lse, int leads, int slots, int d, float scale_log2, bool vec) {
+  extern __shared__ __align__(128) char smem[];
+  fwd_cta<T, kD16>(threadIdx.x, blockIdx.x, smem, q, k, v, o, lse, leads, slots, d, scale_log2, vec);
+}
+#endif
+
+// Runs the forward for head dims up to kD16·16 (kD16 = ceil(head_dim / 16)).
+template <typename T, int kD16 = 1>
+cudaError_t launch_fwd(int d16, const T* q, const T* k, const T* v, T* o, float* lse, int64_t bh, int leads, int slots,
+                       int d, float scale_log2, bool vec, size_t smem, cudaStream_t stream) {
+  if constexpr (kD16 < kMaxHeadDim / kTile) {
+    if (d16 > kD16) return launch_fwd<T, kD16 + 1>(d16, q, k, v, o, lse, bh, leads, slots, d, scale_log2, vec, smem, stream);
+  }
+#ifdef ECG_JEPA_HOST_EMULATION
+  (void)stream;
+  host::Cta cta;
+  std::vector<uint4> buffer(smem / sizeof(uint4) + 1);
+  char* base = reinterpret_cast<char*>(buffer.data());
+  for (int64_t x = 0; x < bh; ++x)
+    host::run_cta(cta, kFwdThreads, [&](int tid) { fwd_cta<T, kD16>(tid, x, base, q, k, v, o, lse, leads, slots, d, scale_log2, vec); });
+  return cudaSuccess;
+#else
+  cudaError_t err = cudaFuncSetAttribute(cropa_fwd_kernel<T, kD16>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  cropa_fwd_kernel<T, kD16><<<unsigned(bh), kFwdThreads, smem, stream>>>(q, k, v, o, lse, leads, slots, d, scale_log2, vec);
+  return cudaGetLastError();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+#ifndef ECG_JEPA_HOST_EMULATION
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
 cropa_delta_kernel(const T* __restrict__ o, const T* __restrict__ d_out, float* __restrict__ delta, int64_t rows, int d,
@@ -379,29 +486,27 @@ cudaError_t run_grid(int64_t gx, int gy, int gz, size_t smem_bytes, Body&& body)
 #endif
 }
 
-// Leads per CTA: the most that leave room for kCtasPerSm CTAs per SM (that fraction of the per-CTA limit;
-// latency hiding needs more than one CTA of 4 warps), else the most that fit at all, else 0.
+// Backward leads per CTA: the most that leave room for kCtasPerSm CTAs per SM (that fraction of the per-CTA
+// limit; latency hiding needs more than one CTA of 4 warps), else the most that fit at all, else 0.
 template <typename T>
-int best_group(int leads, int dp, size_t limit, bool forward) {
+int best_group(int leads, int dp, size_t limit) {
   for (const size_t budget : {limit / kCtasPerSm, limit}) {
-    for (int g = leads; g >= 1; --g) {
-      const size_t bytes = forward ? FwdSmem(leads, g, dp, sizeof(T)).total : BwdSmem(leads, g, dp, sizeof(T)).total;
-      if (bytes <= budget) return g;
-    }
+    for (int g = leads; g >= 1; --g)
+      if (BwdSmem(leads, g, dp, sizeof(T)).total <= budget) return g;
   }
   return 0;
 }
 
 }  // namespace
 
-AttentionPlan attention_plan(DType dtype, int leads, int head_dim, size_t smem_limit) {
-  AttentionPlan plan{0, 0, 0, 0};
+AttentionPlan attention_plan(DType dtype, int leads, int slots, int head_dim, size_t smem_limit) {
+  AttentionPlan plan{0, 0, 0};
   const int dp = round_up(head_dim, kTile);
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    plan.fwd_group = best_group<T>(leads, dp, smem_limit, true);
-    plan.bwd_group = best_group<T>(leads, dp, smem_limit, false);
-    plan.fwd_smem = plan.fwd_group ? FwdSmem(leads, plan.fwd_group, dp, sizeof(T)).total : 0;
+    const size_t fwd = fwd_smem_bytes(leads, slots, head_dim, sizeof(T));
+    plan.fwd_smem = sizeof(T) == 2 && fwd <= smem_limit ? fwd : 0;
+    plan.bwd_group = best_group<T>(leads, dp, smem_limit);
     plan.bwd_smem = plan.bwd_group ? BwdSmem(leads, plan.bwd_group, dp, sizeof(T)).total : 0;
     return cudaSuccess;
   });
@@ -412,27 +517,18 @@ cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const
                                 int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
                                 cudaStream_t stream) {
   if (head_dim < 1 || head_dim > kMaxHeadDim || leads < 1 || slots < 1) return cudaErrorInvalidValue;
-  const AttentionPlan plan = attention_plan(dtype, leads, head_dim, smem_limit);
-  if (plan.fwd_group == 0) return cudaErrorInvalidValue;
-  const int nb = cdiv(slots, kTile), groups = cdiv(leads, plan.fwd_group);
+  const AttentionPlan plan = attention_plan(dtype, leads, slots, head_dim, smem_limit);
+  if (plan.fwd_smem == 0) return cudaErrorInvalidValue;
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    const T *qt = static_cast<const T*>(q), *kt = static_cast<const T*>(k), *vt = static_cast<const T*>(v);
-    T* ot = static_cast<T*>(o);
-    const bool vec = vectorizable(head_dim, head_dim, sizeof(T), {q, k, v, o});
-#ifdef ECG_JEPA_HOST_EMULATION
-    (void)stream;
-    return run_grid(bh, nb, groups, plan.fwd_smem, [&](Block& blk, char* smem) {
-      fwd_block<T>(blk, smem, qt, kt, vt, ot, lse, leads, plan.fwd_group, slots, head_dim, scale, vec);
-    });
-#else
-    cudaError_t err = cudaFuncSetAttribute(cropa_fwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(plan.fwd_smem));
-    if (err != cudaSuccess) return err;
-    cropa_fwd_kernel<T><<<dim3(unsigned(bh), unsigned(nb), unsigned(groups)), kThreads, plan.fwd_smem, stream>>>(
-        qt, kt, vt, ot, lse, leads, plan.fwd_group, slots, head_dim, scale, vec);
-    return cudaGetLastError();
-#endif
+    if constexpr (sizeof(T) != 2) {
+      return cudaErrorInvalidValue;  // tensor cores: 16-bit data only
+    } else {
+      const bool vec = vectorizable(head_dim, head_dim, sizeof(T), {q, k, v, o});
+      return launch_fwd<T>(cdiv(head_dim, kTile), static_cast<const T*>(q), static_cast<const T*>(k),
+                           static_cast<const T*>(v), static_cast<T*>(o), lse, bh, leads, slots, head_dim,
+                           scale * kLog2e, vec, plan.fwd_smem, stream);
+    }
   });
 }
 
@@ -441,7 +537,7 @@ cudaError_t cropa_attention_bwd(DType dtype, const void* q, const void* k, const
                                 int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
                                 cudaStream_t stream) {
   if (head_dim < 1 || head_dim > kMaxHeadDim || leads < 1 || slots < 1) return cudaErrorInvalidValue;
-  const AttentionPlan plan = attention_plan(dtype, leads, head_dim, smem_limit);
+  const AttentionPlan plan = attention_plan(dtype, leads, slots, head_dim, smem_limit);
   if (plan.bwd_group == 0) return cudaErrorInvalidValue;
   const int nb = cdiv(slots, kTile), groups = cdiv(leads, plan.bwd_group);
   const int64_t rows = bh * leads * slots;

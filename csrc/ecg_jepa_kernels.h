@@ -31,15 +31,19 @@ enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 constexpr int kMaxHeadDim = ECG_JEPA_MAX_HEAD_DIM;
 constexpr int kCtasPerSm = ECG_JEPA_CTAS_PER_SM;  // the CTAs per SM a lead group leaves room for, if it can
 
-// How the attention kernels split a problem: leads per CTA (the largest group whose shared memory fits in
-// ``smem_limit / kCtasPerSm`` bytes, else in ``smem_limit``; 0 if even one lead does not fit) and the shared
-// memory of one CTA. Mirrored in Python by ecg_jepa.ops.cropa.cuda.plan (a test compares them).
+// How the attention kernels use a GPU allowing ``smem_limit`` bytes of shared memory per CTA: the forward's
+// shared memory (one CTA per batch·head holding the head's keys and values; 0: does not fit, or float32,
+// which the tensor-core forward does not take), the backward's leads per CTA (the largest group whose shared
+// memory fits in ``smem_limit / kCtasPerSm`` bytes, else in ``smem_limit``; 0 if even one lead does not fit)
+// and its shared memory. Mirrored in Python by ecg_jepa.ops.cropa.cuda.plan (a test compares them).
 struct AttentionPlan {
-  int fwd_group, bwd_group;
-  size_t fwd_smem, bwd_smem;
+  size_t fwd_smem;
+  int bwd_group;
+  size_t bwd_smem;
 };
-AttentionPlan attention_plan(DType dtype, int leads, int head_dim, size_t smem_limit);
+AttentionPlan attention_plan(DType dtype, int leads, int slots, int head_dim, size_t smem_limit);
 
+// float16 / bfloat16 only (tensor cores).
 cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const void* v, void* o, float* lse,
                                 int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
                                 cudaStream_t stream);

@@ -1,5 +1,6 @@
 // The CUDA kernels' source compiled for the CPU (ECG_JEPA_HOST_EMULATION, see block.cuh), bound as the ops
-// ecg_jepa_emu::cropa_fwd / _bwd / _plan and ecg_jepa_emu::patch_embed / _dx on CPU tensors. Built only by the
+// ecg_jepa_emu::cropa_fwd / _bwd / _plan and ecg_jepa_emu::patch_embed / _dx on CPU tensors, and
+// ecg_jepa_emu::fragment_fault (a test switch that breaks the emulated ldmatrix layout, warp.cuh). Built only by the
 // tests (ecg_jepa.build_ext.build_emulation), which check the kernels' logic against the float64 oracle on
 // machines without a GPU. ``smem_limit`` is an argument here, so tests can force several CTAs per lead group.
 #define ECG_JEPA_HOST_EMULATION
@@ -29,9 +30,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& g, const at
   return ecg_jepa_binding::cropa_bwd<Host>(g, q, k, v, o, lse, n_leads, scale);
 }
 
+void fragment_fault(int64_t on) { ecg_jepa::fragment_fault() = int(on); }
+
 }  // namespace
 
-TORCH_LIBRARY(ecg_jepa_emu, m) { ecg_jepa_binding::define_ops(m, "", ", int smem_limit"); }
+TORCH_LIBRARY(ecg_jepa_emu, m) {
+  ecg_jepa_binding::define_ops(m, "", ", int smem_limit");
+  m.def("fragment_fault(int on) -> ()", &fragment_fault);
+}
 
 TORCH_LIBRARY_IMPL(ecg_jepa_emu, CPU, m) {
   m.impl("cropa_fwd", &fwd);

@@ -9,9 +9,10 @@ kernels (``csrc/``) are compiled with nvcc to cubins. Both are read with the ``c
 that ship inside triton's package.
 
 One row per kernel, configuration and architecture: registers, spill bytes (stack + local), shared memory
-(static + dynamic), tensor-core instructions (HGMMA on sm_90, HMMA), the global accesses of the kernel's
+(static + dynamic), tensor-core instructions (HGMMA on sm_90, HMMA), ldmatrix (LDSM) and local-memory
+(LDL/STL) instructions, the global accesses of the kernel's
 wide side (its tile loads; for the patch embedding the token rows) by width, and the CTAs per SM those
-resources allow. ``--check`` exits 1 on any spill, on a wide-side access narrower than 16 bytes for
+resources allow. ``--check`` exits 1 on any spill or local-memory access, on a wide-side access narrower than 16 bytes for
 bf16/fp16 at a head dim (embedding width) of 32 or more, or on a 16-bit CUDA kernel without tensor-core
 instructions.
 """
@@ -56,11 +57,14 @@ class Row:
     widest_load: int = 0
     needs_wide: bool = False  # 16-bit data with rows of >= 32 elements: the wide side must be 16-byte
     needs_tensor_cores: bool = False  # 16-bit CUDA attention and embedding kernels: HMMA expected
+    ldsm: int = 0  # LDSM (ldmatrix) instructions
+    local_accesses: int = 0  # LDL / STL instructions (local memory)
 
     @property
     def ok(self) -> bool:
         wide = not self.needs_wide or (self.narrowest_wide is not None and self.narrowest_wide >= 16)
-        return self.spill_bytes == 0 and wide and (self.tensor_core > 0 or not self.needs_tensor_cores)
+        return (self.spill_bytes == 0 and self.local_accesses == 0 and wide
+                and (self.tensor_core > 0 or not self.needs_tensor_cores))
 
 
 def _tools() -> Path:
@@ -171,7 +175,14 @@ def _triton_row(kernel, args, kwargs, arch: int, config: str, wide: set, needs_w
     threads = kwargs.get("num_warps", 4) * 32
     return Row(kernel.fn.__name__, config, arch, regs, spill, shared, threads,
                _ctas_per_sm(arch, regs, static_smem, compiled.metadata.shared, threads),
-               sass.count("HGMMA") + sass.count("HMMA"), counts, _narrowest(counts), widest, needs_wide)
+               wide_side=counts, narrowest_wide=_narrowest(counts), widest_load=widest, needs_wide=needs_wide,
+               **_sass_counts(sass))
+
+
+def _sass_counts(sass: str) -> dict:
+    """Tensor-core, ldmatrix and local-memory instructions of a kernel's SASS (Row fields)."""
+    return dict(tensor_core=sass.count("HGMMA") + sass.count("HMMA"), ldsm=len(re.findall(r"\bLDSM\b", sass)),
+                local_accesses=len(re.findall(r"\b(?:LDL|STL)\b", sass)))
 
 
 def _narrowest(counts: dict) -> int | None:
@@ -288,34 +299,41 @@ def cuda_rows(archs: tuple[int, ...]) -> list[Row]:
                     counts, widest = _access_widths(sass, wide)
                     threads = _max_threads(cubin, name)
                     label = _demangle(name)
-                    dynamic = _paper_shape_smem(label, arch)
-                    rows.append(Row(label, source.name + (" (smem at L8 d48)" if "cropa_" in label else ""), arch, regs, spill,
+                    dynamic, at = _paper_shape_smem(label, arch)
+                    rows.append(Row(label, source.name + (f" (smem at {at})" if at else ""), arch, regs, spill,
                                     shared + dynamic, threads, _ctas_per_sm(arch, regs, shared, dynamic, threads),
-                                    sass.count("HGMMA") + sass.count("HMMA"),
-                                    counts, _narrowest(counts), widest,
+                                    wide_side=counts, narrowest_wide=_narrowest(counts), widest_load=widest,
                                     needs_wide="__half" in label or "bfloat16" in label,
                                     needs_tensor_cores=("__half" in label or "bfloat16" in label)
-                                    and "delta" not in label))
+                                    and "delta" not in label, **_sass_counts(sass)))
     return rows
 
 
-def _paper_shape_smem(label: str, arch: int) -> int:
-    """The dynamic shared memory of a CUDA attention CTA at the paper's shape (8 leads, d = 48), which
-    decides its CTAs per SM (the patch-embedding kernels' depends on the mask: 0 here)."""
+def _paper_shape_smem(label: str, arch: int) -> tuple[int, str]:
+    """The dynamic shared memory of a CUDA attention CTA at the paper's shape (8 leads, 50 slots; d = 48,
+    or the forward instance's own head dim, 16·kD16), which decides its CTAs per SM, and that shape in
+    words (the patch-embedding kernels' depends on the mask: 0 here)."""
     from .ops.cropa.cuda import plan
 
     if "cropa_fwd" not in label and "cropa_bwd" not in label:
-        return 0
+        return 0, ""
     size = 4 if "<float>" in label else 2
-    fwd_bytes, bwd_bytes = plan(8, 48, size, SMEM_PER_CTA[(arch // 10, arch % 10)])[2:]
-    return fwd_bytes if "cropa_fwd" in label else bwd_bytes
+    m = re.search(r"cropa_fwd_kernel<[^,>]+, (\d+)>", label)
+    d = 16 * int(m.group(1)) if m else 48
+    fwd_bytes, _, bwd_bytes = plan(SHAPE["leads"], SHAPE["slots"], d, size, SMEM_PER_CTA[(arch // 10, arch % 10)])
+    at = f"L{SHAPE['leads']} T{SHAPE['slots']} d{d}"
+    if "cropa_fwd" in label:
+        return fwd_bytes, at + ("" if fwd_bytes else ": does not fit")
+    return bwd_bytes, at
 
 
 def _max_threads(cubin: Path, function: str) -> int:
     """The block size a kernel declares with __launch_bounds__ (EIATTR_MAX_THREADS), 128 if it declares none."""
     elf = _run(str(_tools() / "cuobjdump"), "-elf", str(cubin))
-    section = elf.split(f".nv.info.{function}", 1)
-    m = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Value:\s*0x([0-9a-f]+)", section[1]) if len(section) > 1 else None
+    # The section's contents (a line of their own), not its entry in the section table.
+    start = re.search(rf"^\.nv\.info\.{re.escape(function)}\s*$", elf, re.M)
+    section = elf[start.end():].split("\n.nv.", 1)[0] if start else ""
+    m = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*0x([0-9a-f]+)", section)
     return int(m.group(1), 16) if m else 128
 
 
@@ -339,13 +357,14 @@ def build(archs: tuple[int, ...] = (90, 80), cuda: bool = True) -> list[Row]:
 
 
 def table(rows: list[Row]) -> str:
-    head = ["kernel", "config", "sm", "regs", "spill B", "smem B", "threads", "CTAs/SM", "tensor-core ops",
-            "wide-side accesses", "widest load B", "ok"]
+    head = ["kernel", "config", "sm", "regs", "spill B", "smem B", "threads", "CTAs/SM", "tensor-core ops", "LDSM",
+            "LDL/STL", "wide-side accesses", "widest load B", "ok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         wide = ", ".join(f"{k}×{v}" for k, v in sorted(r.wide_side.items())) or "—"
         lines.append("| " + " | ".join(map(str, [r.kernel, r.config, r.arch, r.registers, r.spill_bytes, r.shared_bytes,
-                                                  r.threads, r.ctas_per_sm, r.tensor_core, wide, r.widest_load,
+                                                  r.threads, r.ctas_per_sm, r.tensor_core, r.ldsm,
+                                                  r.local_accesses, wide, r.widest_load,
                                                   "yes" if r.ok else "**no**"])) + " |")
     return "\n".join(lines)
 

@@ -210,8 +210,8 @@ def test_bad_shapes(args, error, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n_leads,t,d", [(1, 7, 16), (8, 50, 48), (12, 1, 128), (12, 7, 24), (2, 50, 64)])
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("n_leads,t,d", [(1, 7, 16), (8, 50, 48), (12, 1, 128), (12, 7, 24), (2, 50, 64), (17, 23, 48)])
 def test_cuda_matches_oracle(seed, n_leads, t, d, dtype):
     check_against_oracle("cuda", n_leads, t, d, dtype, b=2, h=2)
 
@@ -333,44 +333,101 @@ def emulated():
     return torch.ops.ecg_jepa_emu
 
 
+def emulated_kernels(emulated, limit):
+    """The emulated forward (and, with grad_out, backward) as a parity callable."""
+    def cuda_kernels(q, k, v, n_leads, grad_out):
+        out, lse = emulated.cropa_fwd(q, k, v, n_leads, q.shape[-1] ** -0.5, limit)
+        if grad_out is None:
+            return out, ()
+        return out, emulated.cropa_bwd(grad_out.to(q.dtype), q, k, v, out, lse, n_leads, q.shape[-1] ** -0.5, limit)
+
+    return cuda_kernels
+
+
 @pytest.mark.parametrize("n_leads,t,d,dtype,smem_kb", [
-    (8, 50, 48, torch.float32, 227),     # the paper's shape, every lead in one CTA
-    (8, 50, 48, torch.bfloat16, 163),    # A100's shared memory
-    (12, 7, 128, torch.float16, 227),    # leads split over CTAs (5 forward, 3 backward)
+    (8, 50, 48, torch.bfloat16, 227),    # the paper's shape
+    (8, 50, 48, torch.float16, 163),     # A100's shared memory
+    (12, 7, 128, torch.float16, 227),    # backward leads split over CTAs (3 per CTA)
     (5, 17, 48, torch.bfloat16, 45),     # a tiny limit: one lead per CTA in the backward
-    (1, 7, 16, torch.float32, 227),      # one lead: full attention, no column part
-    (3, 20, 24, torch.float32, 227),     # d not a multiple of 16 (padded tiles)
+    (1, 7, 16, torch.float16, 227),      # one lead: full attention, no column part
+    (3, 20, 24, torch.bfloat16, 227),    # d not a multiple of 16 (padded tiles)
     (2, 33, 20, torch.bfloat16, 227),    # d·2 bytes not a multiple of 16: element-wise copies
     (4, 70, 64, torch.bfloat16, 90),     # T > 64: five slot blocks
 ])
 def test_cuda_kernels_emulated_match_oracle(seed, emulated, n_leads, t, d, dtype, smem_kb):
-    """csrc/cropa_attention.cu, run on the CPU phase by phase, against the float64 oracle: the kernels'
-    logic (slot blocks, lead groups, column part, online softmax, the backward's two passes)."""
-    limit = smem_kb * 1024
-
-    def cuda_kernels(q, k, v, n_leads, grad_out):
-        out, lse = emulated.cropa_fwd(q, k, v, n_leads, q.shape[-1] ** -0.5, limit)
-        return out, emulated.cropa_bwd(grad_out.to(q.dtype), q, k, v, out, lse, n_leads, q.shape[-1] ** -0.5, limit)
-
+    """csrc/cropa_attention.cu on the CPU (the forward warp by warp, its lanes as fibers; the backward phase
+    by phase) against the float64 oracle, forward and gradients: slot blocks, lead groups, the column part,
+    the online softmax, the backward's two passes on the new forward's O and LSE."""
     q, k, v = inputs(2, 2, n_leads, t, d, dtype)
-    result = parity(cuda_kernels, q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
+    result = parity(emulated_kernels(emulated, smem_kb * 1024), q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
     print(result)
     assert result.ok, str(result)
 
 
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("n_leads,t,d", [
+    (1, 1, 32), (1, 50, 64), (8, 1, 48), (12, 1, 128), (12, 7, 48), (12, 23, 32), (8, 17, 128), (17, 5, 48),
+    (2, 31, 64), (3, 9, 20),
+])
+def test_cuda_forward_emulated_matches_oracle(seed, emulated, dtype, n_leads, t, d):
+    """The tensor-core forward (csrc/warp.cuh fragments, emulated lane by lane with the PTX layouts) against
+    the float64 oracle: L = 1 (no column keys), T = 1 (one row key), L = 12 and 17, odd T, head dims 20-128.
+    Printed: max / mean error of the kernel and of the same-precision reference; bound: 2x the reference's
+    max error plus one ulp at the output's scale."""
+    q, k, v = inputs(1, 2, n_leads, t, d, dtype)
+    result = parity(emulated_kernels(emulated, 227 * 1024), q, k, v, n_leads)
+    print(result)
+    assert result.ok, str(result)
+
+
+def test_cuda_forward_lse_is_the_natural_log_sum_exp(seed, emulated):
+    """The forward's LSE (the backward's input): natural log of the sum over each query's CroPA keys."""
+    n_leads, t, d = 4, 9, 32
+    q, k, v = inputs(1, 2, n_leads, t, d, torch.bfloat16)
+    _, lse = emulated.cropa_fwd(q, k, v, n_leads, d ** -0.5, 227 * 1024)
+    scores = (q.double() @ k.double().transpose(-1, -2) * d ** -0.5).masked_fill(~cropa_mask(n_leads, t), float("-inf"))
+    assert max_err(lse, scores.logsumexp(-1)) < 1e-5
+
+
+def test_a_broken_fragment_layout_fails_parity(seed, emulated):
+    """The emulation checks the fragment layouts: with two lanes' ldmatrix registers swapped (the test
+    switch fragment_fault), the forward fails the oracle; restored, it passes."""
+    q, k, v = inputs(1, 2, 8, 50, 48, torch.bfloat16)
+    kernels = emulated_kernels(emulated, 227 * 1024)
+    emulated.fragment_fault(1)
+    try:
+        broken = parity(kernels, q, k, v, 8)
+    finally:
+        emulated.fragment_fault(0)
+    print(broken)
+    assert not broken.ok and parity(kernels, q, k, v, 8).ok
+
+
+def test_cuda_refuses_float32(emulated):
+    """The tensor-core forward takes 16-bit data; float32 is a clear error here and a reason in why_not."""
+    from ecg_jepa.ops.cropa.cuda import fits
+
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16 only"):
+        emulated.cropa_fwd(q, q, q, 2, 0.25, 227 * 1024)
+    assert "float32" in fits(2, 4, 16, torch.float32, 227 * 1024)
+    assert "shared memory" in fits(17, 50, 128, torch.bfloat16, 163 * 1024)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n_leads", [1, 3, 8, 12])
+@pytest.mark.parametrize("n_leads", [1, 3, 8, 12, 17])
 @pytest.mark.parametrize("d", [16, 20, 48, 64, 128])
 def test_shared_memory_mirror_matches_the_kernels(emulated, dtype, n_leads, d):
-    """The dispatcher's and the kernel report's shared-memory arithmetic and lead-group policy
-    (ops/cropa/cuda.py ``plan``) are the kernels' own (csrc ``attention_plan``)."""
+    """The dispatcher's and the kernel report's shared-memory arithmetic and plans (ops/cropa/cuda.py
+    ``plan``: the forward's staging, the backward's lead groups) are the kernels' own (csrc ``attention_plan``)."""
     from ecg_jepa.limits import SMEM_PER_CTA
     from ecg_jepa.ops.cropa.cuda import plan
 
     code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
     size = torch.finfo(dtype).bits // 8
     for limit in (*SMEM_PER_CTA.values(), 48 * 1024, 8 * 1024):
-        assert tuple(emulated.cropa_plan(code, n_leads, d, limit)) == plan(n_leads, d, size, limit)
+        for t in (1, 17, 50, 100):
+            assert tuple(emulated.cropa_plan(code, n_leads, t, d, limit)) == plan(n_leads, t, d, size, limit)
 
 
 def test_oracle_is_the_reference_in_float64(seed):

@@ -68,7 +68,8 @@ def _cuda_fits(spec: InputSpec) -> str | None:
 
     if spec.device != "cuda" or spec.n_leads is None:
         return None
-    return fits(spec.n_leads, spec.shape[-1], spec.dtype, SMEM_PER_CTA.get(spec.capability, SMEM_PER_CTA_UNKNOWN))
+    return fits(spec.n_leads, spec.shape[-2] // spec.n_leads, spec.shape[-1], spec.dtype,
+                SMEM_PER_CTA.get(spec.capability, SMEM_PER_CTA_UNKNOWN))
 
 
 # GPU generations (compute capability) on which the cuda backend's GPU parity tests have passed, with the
