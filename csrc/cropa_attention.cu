@@ -220,10 +220,10 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
 // one lead (slots t0..t0+15), their Q fragments read from global memory into registers. Row pass: the
 // lead's keys 16 at a time, S = Q·Kᵀ (mma, K by ldmatrix), online softmax in the accumulator registers,
 // P converted in registers to an A fragment, O += P·V (V by ldmatrix.trans). Column pass: for each other
-// lead m, the key (m, t0 + i) of query row i, gathered with one ldmatrix row address per query row, so
-// that each lane receives exactly the elements of its Q fragment (A layout) and of its O accumulator (C
-// layout): scores by dot products within the quad, the same online softmax, O += p·v. The self key is the
-// row pass's only. O and the natural-log LSE (the backward's inputs) are written once.
+// lead m, the key (m, t0 + i) of query row i, gathered with one ldmatrix row address per query row (the
+// time-major order read from the lead-major staging): the scores are the diagonal of Q times the gathered
+// keys, and O += diag(p) times the gathered values, on the tensor cores too, under the same online softmax.
+// The self key is the row pass's only. O and the natural-log LSE (the backward's inputs) are written once.
 constexpr int kFwdWarps = 8;
 constexpr int kFwdThreads = kFwdWarps * 32;
 constexpr int kFwdPad = 8;      // elements of padding per staged row
@@ -296,7 +296,7 @@ ECG_HD void fwd_cta(int tid, int64_t bh, char* smem, const T* q, const T* k, con
   cta_sync();
 
   const int lane = tid % 32, g = lane / 4, c = lane % 4;
-  const int r16 = lane % 16, c8 = (lane / 16) * 8;  // the row and column this lane addresses in an ldmatrix.x4
+  const int r16 = lane % 16, c8 = (lane / 16) * 8;  // a row and column this lane addresses in an ldmatrix.x4
   const int blocks = cdiv(slots, kTile);
   for (int qb = tid / 32; qb < leads * blocks; qb += kFwdWarps) {
     const int lead = qb / blocks, t0 = (qb % blocks) * kTile;
@@ -348,23 +348,28 @@ ECG_HD void fwd_cta(int tid, int64_t bh, char* smem, const T* q, const T* k, con
       }
     }
 
-    // Column pass: key (m, t0 + i) for query row i, every other lead m, kColChunk leads per step.
-    const int slot = t0 + r16 < slots ? t0 + r16 : slots - 1;  // the query row this lane addresses
+    // Column pass: key (m, t0 + i) for query row i, every other lead m, kColChunk leads per step. The
+    // gathered rows G_m[i] = K[(m, t0 + i)] (one ldmatrix row address per query row) make S = Q·G_mᵀ, whose
+    // diagonal holds the scores; then O += diag(p)·V-gathered, both on the tensor cores.
+    const int krow = t0 + (lane % 8) + (lane / 16) * 8, vrow = t0 + r16;  // gathered rows this lane addresses
+    const int kslot = krow < slots ? krow : slots - 1, vslot = vrow < slots ? vrow : slots - 1;
+    const int diag = (lane & ~3) | (g / 2);  // the lane holding S[g][g] (tile 0) and S[g+8][g+8] (tile 1)
     for (int m0 = 0; m0 < leads; m0 += kColChunk) {
       float sc[kColChunk][2];
       for (int u = 0; u < kColChunk; ++u) {
         const int m = m0 + u;
         sc[u][0] = sc[u][1] = kNegInf;
         if (m >= leads || m == lead) continue;  // uniform over the warp
-        const T* kcol = sk + (int64_t(m) * slots + slot) * kSp + c8;
-        float part[2] = {0.f, 0.f};
+        const T* kcol = sk + (int64_t(m) * slots + kslot) * kSp + ((lane / 8) % 2) * 8;
+        float st[2][4] = {};
         for (int kk = 0; kk < kD16; ++kk) {
-          uint32_t kf[4];  // the A layout of this lane's Q fragment, from the gathered key rows
-          ldmatrix_x4(kf, kcol + kk * kTile);
-          for (int i = 0; i < 4; ++i)
-            part[i % 2] += lo_of<T>(qa[kk][i]) * lo_of<T>(kf[i]) + hi_of<T>(qa[kk][i]) * hi_of<T>(kf[i]);
+          uint32_t b[4];
+          ldmatrix_x4(b, kcol + kk * kTile);
+          mma_16816<T>(st[0], qa[kk], b[0], b[1]);
+          mma_16816<T>(st[1], qa[kk], b[2], b[3]);
         }
-        for (int h = 0; h < 2; ++h) sc[u][h] = quad_sum(part[h]) * scale_log2;
+        sc[u][0] = shfl_idx(g % 2 ? st[0][1] : st[0][0], diag) * scale_log2;
+        sc[u][1] = shfl_idx(g % 2 ? st[1][3] : st[1][2], diag) * scale_log2;
       }
       float p[kColChunk][2];
       for (int h = 0; h < 2; ++h) {
@@ -379,15 +384,16 @@ ECG_HD void fwd_cta(int tid, int64_t bh, char* smem, const T* q, const T* k, con
       for (int u = 0; u < kColChunk; ++u) {
         const int m = m0 + u;
         if (m >= leads || m == lead) continue;
-        const T* vcol = sv + (int64_t(m) * slots + slot) * kSp + c8;
+        // diag(p) as an A fragment: P[g][g] in a[0] and P[g+8][g+8] in a[3] of lane `diag`, zero elsewhere.
+        const bool mine = lane == diag;
+        const uint32_t pa[4] = {mine ? pack2<T>(g % 2 ? 0.f : p[u][0], g % 2 ? p[u][0] : 0.f) : 0u, 0u, 0u,
+                                mine ? pack2<T>(g % 2 ? 0.f : p[u][1], g % 2 ? p[u][1] : 0.f) : 0u};
+        const T* vcol = sv + (int64_t(m) * slots + vslot) * kSp + c8;
         for (int jj = 0; jj < kD16; ++jj) {
-          uint32_t vf[4];  // the C layout of this lane's accumulators (two n-tiles), from the gathered value rows
-          ldmatrix_x4(vf, vcol + jj * kTile);
-          for (int t = 0; t < 2; ++t)
-            for (int h = 0; h < 2; ++h) {
-              acc[2 * jj + t][2 * h] += p[u][h] * lo_of<T>(vf[2 * t + h]);
-              acc[2 * jj + t][2 * h + 1] += p[u][h] * hi_of<T>(vf[2 * t + h]);
-            }
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, vcol + jj * kTile);
+          mma_16816<T>(acc[2 * jj], pa, b[0], b[1]);
+          mma_16816<T>(acc[2 * jj + 1], pa, b[2], b[3]);
         }
       }
     }

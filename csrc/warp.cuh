@@ -1,6 +1,7 @@
 // The warp-level layer of the ecg-jepa CUDA kernels: tensor-core fragments (mma.sync m16n8k16, fp32
-// accumulation), ldmatrix (x4, and .trans), the quad shuffles of an online softmax, 16-byte cp.async copies
-// and the CTA barrier, written so that one kernel source runs on the GPU and on the CPU.
+// accumulation), ldmatrix (x4, and .trans), the shuffles of an online softmax (quad reductions, a
+// broadcast), 16-byte cp.async copies and the CTA barrier, written so that one kernel source runs on the
+// GPU and on the CPU.
 //
 // On the GPU each call is its PTX instruction (inline asm). In ECG_JEPA_HOST_EMULATION a CTA runs as its
 // threads, each a fiber (ucontext) of the same kernel code, switched at the collective calls: a collective
@@ -230,6 +231,15 @@ inline float shfl_xor(float v, int mask) {
   }).v;
 }
 
+// The value of lane src (each lane names its own).
+inline float shfl_idx(float v, int src) {
+  struct In { float v; int src; };
+  struct Out { float v; };
+  return host::warp_collective<Out>(In{v, src}, [](const In* in, Out* out) {
+    for (int l = 0; l < 32; ++l) out[l].v = in[in[l].src].v;
+  }).v;
+}
+
 // 16 bytes from global to shared memory, the last 16 - bytes of them zero; completed by cp_async_wait_all.
 inline void cp_async16(void* dst, const void* src, int bytes) {
   std::memset(dst, 0, 16);
@@ -274,6 +284,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 }
 
 __device__ __forceinline__ float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+__device__ __forceinline__ float shfl_idx(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(dst)), "l"(src), "r"(bytes) : "memory");  // wide side
