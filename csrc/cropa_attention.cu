@@ -214,7 +214,8 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The forward: one CTA of kFwdWarps warps per (batch·head). The head's keys and values (all L·T rows,
+// The forward: one CTA of 8 warps per (batch·head), 16 where a CTA alone fills an SM's shared memory (and
+// the registers allow: head dims up to 64). The head's keys and values (all L·T rows,
 // head dim padded to kD16·16, rows kFwdPad elements apart so that ldmatrix's eight rows fall in distinct
 // banks) are staged in shared memory once by 16-byte cp.async copies. A warp owns blocks of 16 queries of
 // one lead (slots t0..t0+15), their Q fragments read from global memory into registers. Row pass: the
@@ -224,8 +225,7 @@ ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v
 // time-major order read from the lead-major staging): the scores are the diagonal of Q times the gathered
 // keys, and O += diag(p) times the gathered values, on the tensor cores too, under the same online softmax.
 // The self key is the row pass's only. O and the natural-log LSE (the backward's inputs) are written once.
-constexpr int kFwdWarps = 8;
-constexpr int kFwdThreads = kFwdWarps * 32;
+constexpr int kFwdWarps = 8, kFwdWarpsAlone = 16;
 constexpr int kFwdPad = 8;      // elements of padding per staged row
 constexpr int kColChunk = 4;    // column keys per online-softmax step
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
@@ -237,15 +237,15 @@ ECG_HOST_DEVICE size_t fwd_smem_bytes(int leads, int slots, int head_dim, int ts
 
 // Stages rows [0, n) of src (d elements each) as rows of sp elements at dst, zero from column d to dp.
 template <typename T>
-ECG_HD void stage_rows(int tid, T* dst, const T* src, int n, int d, int dp, int sp, bool vec) {
+ECG_HD void stage_rows(int tid, int threads, T* dst, const T* src, int n, int d, int dp, int sp, bool vec) {
   if (vec) {
     const int chunks = dp / 8;
-    for (int i = tid; i < n * chunks; i += kFwdThreads) {
+    for (int i = tid; i < n * chunks; i += threads) {
       const int r = i / chunks, col = (i % chunks) * 8;
       cp_async16(dst + r * sp + col, src + int64_t(r) * d + (col < d ? col : 0), col < d ? 16 : 0);
     }
   } else {
-    for (int i = tid; i < n * dp; i += kFwdThreads) {
+    for (int i = tid; i < n * dp; i += threads) {
       const int r = i / dp, col = i % dp;
       dst[r * sp + col] = col < d ? src[int64_t(r) * d + col] : from_float<T>(0.f);
     }
@@ -283,22 +283,22 @@ ECG_HD float quad_sum(float x) {
 }
 
 template <typename T, int kD16>
-ECG_HD void fwd_cta(int tid, int64_t bh, char* smem, const T* q, const T* k, const T* v, T* o, float* lse, int leads,
+ECG_HD void fwd_cta(int tid, int warps, int64_t bh, char* smem, const T* q, const T* k, const T* v, T* o, float* lse, int leads,
                     int slots, int d, float scale_log2, bool vec) {
   constexpr int kDp = kD16 * kTile, kSp = kDp + kFwdPad, kN = 2 * kD16;  // kN: n-tiles of 8 output columns
   const int n = leads * slots;
   T* sk = reinterpret_cast<T*>(smem);
   T* sv = sk + int64_t(n) * kSp;
   q += bh * n * d, k += bh * n * d, v += bh * n * d, o += bh * n * d, lse += bh * n;
-  stage_rows(tid, sk, k, n, d, kDp, kSp, vec);
-  stage_rows(tid, sv, v, n, d, kDp, kSp, vec);
+  stage_rows(tid, warps * 32, sk, k, n, d, kDp, kSp, vec);
+  stage_rows(tid, warps * 32, sv, v, n, d, kDp, kSp, vec);
   cp_async_wait_all();
   cta_sync();
 
   const int lane = tid % 32, g = lane / 4, c = lane % 4;
   const int r16 = lane % 16, c8 = (lane / 16) * 8;  // a row and column this lane addresses in an ldmatrix.x4
   const int blocks = cdiv(slots, kTile);
-  for (int qb = tid / 32; qb < leads * blocks; qb += kFwdWarps) {
+  for (int qb = tid / 32; qb < leads * blocks; qb += warps) {
     const int lead = qb / blocks, t0 = (qb % blocks) * kTile;
     const T* qrows = q + int64_t(lead) * slots * d;
     uint32_t qa[kD16][4];
@@ -422,33 +422,38 @@ ECG_HD void fwd_cta(int tid, int64_t bh, char* smem, const T* q, const T* k, con
 
 #ifndef ECG_JEPA_HOST_EMULATION
 template <typename T, int kD16>
-__global__ void __launch_bounds__(kFwdThreads, kD16 <= 4 ? 2 : 1)
+__global__ void __launch_bounds__(32 * (kD16 <= 4 ? kFwdWarpsAlone : kFwdWarps), 1)
 cropa_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
                  float* __restrict__ lse, int leads, int slots, int d, float scale_log2, bool vec) {
   extern __shared__ __align__(128) char smem[];
-  fwd_cta<T, kD16>(threadIdx.x, blockIdx.x, smem, q, k, v, o, lse, leads, slots, d, scale_log2, vec);
+  fwd_cta<T, kD16>(threadIdx.x, blockDim.x / 32, blockIdx.x, smem, q, k, v, o, lse, leads, slots, d, scale_log2, vec);
 }
 #endif
 
-// Runs the forward for head dims up to kD16·16 (kD16 = ceil(head_dim / 16)).
+// Runs the forward for head dims up to kD16·16 (kD16 = ceil(head_dim / 16)) with ``smem`` bytes of shared
+// memory per CTA, on a device allowing ``limit``.
 template <typename T, int kD16 = 1>
 cudaError_t launch_fwd(int d16, const T* q, const T* k, const T* v, T* o, float* lse, int64_t bh, int leads, int slots,
-                       int d, float scale_log2, bool vec, size_t smem, cudaStream_t stream) {
+                       int d, float scale_log2, bool vec, size_t smem, size_t limit, cudaStream_t stream) {
   if constexpr (kD16 < kMaxHeadDim / kTile) {
-    if (d16 > kD16) return launch_fwd<T, kD16 + 1>(d16, q, k, v, o, lse, bh, leads, slots, d, scale_log2, vec, smem, stream);
+    if (d16 > kD16)
+      return launch_fwd<T, kD16 + 1>(d16, q, k, v, o, lse, bh, leads, slots, d, scale_log2, vec, smem, limit, stream);
   }
+  const int warps = kD16 <= 4 && 2 * smem > limit ? kFwdWarpsAlone : kFwdWarps;
 #ifdef ECG_JEPA_HOST_EMULATION
   (void)stream;
   host::Cta cta;
   std::vector<uint4> buffer(smem / sizeof(uint4) + 1);
   char* base = reinterpret_cast<char*>(buffer.data());
   for (int64_t x = 0; x < bh; ++x)
-    host::run_cta(cta, kFwdThreads, [&](int tid) { fwd_cta<T, kD16>(tid, x, base, q, k, v, o, lse, leads, slots, d, scale_log2, vec); });
+    host::run_cta(cta, warps * 32, [&](int tid) {
+      fwd_cta<T, kD16>(tid, warps, x, base, q, k, v, o, lse, leads, slots, d, scale_log2, vec);
+    });
   return cudaSuccess;
 #else
   cudaError_t err = cudaFuncSetAttribute(cropa_fwd_kernel<T, kD16>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
-  cropa_fwd_kernel<T, kD16><<<unsigned(bh), kFwdThreads, smem, stream>>>(q, k, v, o, lse, leads, slots, d, scale_log2, vec);
+  cropa_fwd_kernel<T, kD16><<<unsigned(bh), warps * 32, smem, stream>>>(q, k, v, o, lse, leads, slots, d, scale_log2, vec);
   return cudaGetLastError();
 #endif
 }
@@ -533,7 +538,7 @@ cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const
       const bool vec = vectorizable(head_dim, head_dim, sizeof(T), {q, k, v, o});
       return launch_fwd<T>(cdiv(head_dim, kTile), static_cast<const T*>(q), static_cast<const T*>(k),
                            static_cast<const T*>(v), static_cast<T*>(o), lse, bh, leads, slots, head_dim,
-                           scale * kLog2e, vec, plan.fwd_smem, stream);
+                           scale * kLog2e, vec, plan.fwd_smem, smem_limit, stream);
     }
   });
 }

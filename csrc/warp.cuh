@@ -23,6 +23,7 @@
 #ifdef ECG_JEPA_HOST_EMULATION
 #include <ucontext.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -47,10 +48,11 @@ ECG_HD float hi_of(uint32_t w) { return value_of(T{}, w >> 16); }
 namespace host {
 
 struct Exchange {  // one collective's inputs and results, a slot per participant
+  using Slot = std::array<unsigned char, 64>;
   int arrived = 0;
   unsigned long generation = 0;
-  alignas(16) unsigned char in[256][64];
-  alignas(16) unsigned char out[256][64];
+  std::vector<Slot> in, out;
+  explicit Exchange(int n = 32) : in(n), out(n) {}
 };
 
 struct Cta {
@@ -87,8 +89,8 @@ inline void run_cta(Cta& c, int threads, std::function<void(int)> body) {
   c.ctx.resize(threads);
   while (int(c.stacks.size()) < threads) c.stacks.emplace_back(new char[Cta::kStack]);
   c.done.assign(threads, 0);
-  c.warps.assign((threads + 31) / 32, Exchange{});
-  c.block = Exchange{};
+  c.warps.assign((threads + 31) / 32, Exchange(32));
+  c.block = Exchange(threads);
   for (int t = 0; t < threads; ++t) {
     getcontext(&c.ctx[t]);
     c.ctx[t].uc_stack.ss_sp = c.stacks[t].get();
@@ -122,22 +124,22 @@ template <typename Out, typename In, typename F>
 Out collective(Exchange& x, int n, int me, const In& mine, F&& compute) {
   static_assert(sizeof(In) <= 64 && sizeof(Out) <= 64, "collective payload over 64 bytes");
   Cta* c = running();
-  std::memcpy(x.in[me], &mine, sizeof(In));
+  std::memcpy(x.in[me].data(), &mine, sizeof(In));
   ++c->progress;
   const unsigned long generation = x.generation;
   if (++x.arrived == n) {
     std::vector<In> in(n);
     std::vector<Out> out(n);
-    for (int i = 0; i < n; ++i) std::memcpy(&in[i], x.in[i], sizeof(In));
+    for (int i = 0; i < n; ++i) std::memcpy(&in[i], x.in[i].data(), sizeof(In));
     compute(in.data(), out.data());
-    for (int i = 0; i < n; ++i) std::memcpy(x.out[i], &out[i], sizeof(Out));
+    for (int i = 0; i < n; ++i) std::memcpy(x.out[i].data(), &out[i], sizeof(Out));
     x.arrived = 0;
     ++x.generation;
   } else {
     while (x.generation == generation) swapcontext(&c->ctx[c->current], &c->scheduler);
   }
   Out r;
-  std::memcpy(&r, x.out[me], sizeof(Out));
+  std::memcpy(&r, x.out[me].data(), sizeof(Out));
   return r;
 }
 

@@ -297,9 +297,11 @@ def cuda_rows(archs: tuple[int, ...]) -> list[Row]:
                                 "-o", str(cubin), str(source)], capture_output=True, text=True, check=True)
                 for name, regs, spill, shared, sass in _read_cubin(cubin):
                     counts, widest = _access_widths(sass, wide)
-                    threads = _max_threads(cubin, name)
                     label = _demangle(name)
                     dynamic, at = _paper_shape_smem(label, arch)
+                    threads = _max_threads(cubin, name)
+                    if "cropa_fwd" in label and 2 * dynamic <= SMEM_PER_CTA[(arch // 10, arch % 10)]:
+                        threads = min(threads, 256)  # the launcher's 8 warps where two CTAs share an SM
                     rows.append(Row(label, source.name + (f" (smem at {at})" if at else ""), arch, regs, spill,
                                     shared + dynamic, threads, _ctas_per_sm(arch, regs, shared, dynamic, threads),
                                     wide_side=counts, narrowest_wide=_narrowest(counts), widest_load=widest,

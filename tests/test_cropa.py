@@ -367,11 +367,12 @@ def test_cuda_kernels_emulated_match_oracle(seed, emulated, n_leads, t, d, dtype
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("n_leads,t,d", [
     (1, 1, 32), (1, 50, 64), (8, 1, 48), (12, 1, 128), (12, 7, 48), (12, 23, 32), (8, 17, 128), (17, 5, 48),
-    (2, 31, 64), (3, 9, 20),
+    (2, 31, 64), (3, 9, 20), (12, 50, 48),  # the last: a CTA fills half the shared memory: 16 warps
 ])
 def test_cuda_forward_emulated_matches_oracle(seed, emulated, dtype, n_leads, t, d):
     """The tensor-core forward (csrc/warp.cuh fragments, emulated lane by lane with the PTX layouts) against
-    the float64 oracle: L = 1 (no column keys), T = 1 (one row key), L = 12 and 17, odd T, head dims 20-128.
+    the float64 oracle: L = 1 (no column keys), T = 1 (one row key), L = 12 and 17, odd T, head dims 20-128,
+    8 and 16 warps per CTA.
     Printed: max / mean error of the kernel and of the same-precision reference; bound: 2x the reference's
     max error plus one ulp at the output's scale."""
     q, k, v = inputs(1, 2, n_leads, t, d, dtype)

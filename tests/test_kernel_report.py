@@ -96,7 +96,7 @@ def test_kernel_report_passes_its_check(tmp_path):
     for r in rows:
         assert r["spill_bytes"] == 0 and r["local_accesses"] == 0, r
         if r["kernel"].startswith("cropa_fwd_kernel<"):  # the CUDA forward: ldmatrix, 16-byte cp.async, mma
-            assert r["ldsm"] > 0 and r["wide_side"].get("LDGSTS.E.128", 0) > 0 and r["threads"] == 256, r
+            assert r["ldsm"] > 0 and r["wide_side"].get("LDGSTS.E.128", 0) > 0 and r["threads"] in (256, 512), r
         if r["needs_wide"]:
             assert r["narrowest_wide"] == 16, r
         if r["needs_tensor_cores"] or (r["kernel"].startswith("cropa_") and r["needs_wide"] and "delta" not in r["kernel"]):
