@@ -20,7 +20,7 @@ CUDA_TILE = 16
 ``csrc/block.cuh``); the shared-memory mirror (:mod:`ecg_jepa.ops.cropa.cuda`) pads head dims to it."""
 
 CUDA_CTAS_PER_SM = 2
-"""The CUDA attention kernels' lead-group policy: a CTA takes the most leads that leave room for this many
+"""The CUDA attention backward's lead-group policy: a CTA takes the most leads that leave room for this many
 CTAs per SM (a CTA of 4 warps alone cannot hide latency), else the most that fit at all (``csrc/`` gets it
 as ``ECG_JEPA_CTAS_PER_SM``; :func:`ecg_jepa.ops.cropa.cuda.plan` is the Python mirror)."""
 
