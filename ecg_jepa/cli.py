@@ -20,7 +20,8 @@ import torch
 from .constants import FS, LEADS, N_SAMPLES, N_SLOTS
 from .errors import InputError, RunError
 from .model.jepa import PRESETS
-from .ops.setting import ENV
+from .ops.cropa import BACKENDS
+from .ops.setting import ENV, set_backend
 from .train.distributed import DEFAULT_TIMEOUT
 from .train.recipe import (
     DEFAULT_MASK,
@@ -54,7 +55,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .data.synthetic import CLASS_NAMES, N_CLASSES, SyntheticECG
     from .eval.probe import probe_against_random_init
     from .model.checkpoint import save_encoder
-    from .ops.setting import set_backend
     from .train.distributed import close_world, init_world
     from .train.pretrain import Preempted, PretrainConfig, pretrain
     from .train.recipe import resolve_recipe
@@ -208,7 +208,6 @@ def _backends(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .benchmarks.bench_cropa import ROW_PASS, SPLIT_LIBRARY
     from .benchmarks.suite import PARTS, run
-    from .ops.cropa import BACKENDS
 
     parts = tuple(args.only.split(","))
     impls = tuple(args.backends.split(",")) if args.backends else None
@@ -322,8 +321,8 @@ def _add_pretrain(sub) -> None:
                    help="autocast precision (default: bf16 on a GPU, fp32 on the CPU; fp16 uses a grad scaler)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the block stacks (one dynamic-shape graph each)")
-    g.add_argument("--backend", default=None,
-                   help=f"CroPA attention backend, e.g. triton (see `ecg-jepa backends`; a setting of this run, not "
+    g.add_argument("--backend", default=None, choices=["auto", *BACKENDS],
+                   help=f"CroPA attention backend (see `ecg-jepa backends`; a setting of this run, not "
                         f"saved in checkpoints; default: ${ENV['attention']}, else auto)")
     g.add_argument("--threads", type=_count(0), default=0, metavar="N", help="torch CPU threads (0: torch's own choice)")
     p.set_defaults(func=_pretrain)
