@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a session lent a GPU (the device tool), in two calls on one warm machine:
-#   run(command="bash benchmarks/gpu_check.sh core", timeout_s=560)   # first: what decides auto and the kernels
+#   run(command="bash benchmarks/gpu_check.sh core", timeout_s=600)   # first: what decides auto and the kernels
 #   run(command="bash benchmarks/gpu_check.sh more", timeout_s=420)   # at once: the machine stays warm 30 s
-# core (about 7 minutes, every step with its own limit): install (no downloads); the CroPA attention
-#       benchmark at the four goal shapes (sdpa + mask, dense flash, triton, split with its Triton row kernels
-#       and with the memory-efficient one, and the row pass alone with each of PyTorch's kernels), parity-
+# core (about 8 minutes, every step with its own limit): install (no downloads); the CUDA extension; the
+#       CroPA attention benchmark at the four goal shapes (sdpa + mask, dense flash, triton, cuda, split with
+#       its Triton row kernels and with the memory-efficient one, and the row pass alone with each of PyTorch's kernels), parity-
 #       checked first; auto's table for this card written from it (for the steps after it; commit the result
 #       and re-run `python -m ecg_jepa.benchmarks.auto_table` on it here); torch.profiler tables of the vit-b
-#       training step as auto now runs it, with split everywhere and compiled; the GPU tests of the attention
+#       training step as auto now runs it and with split everywhere; the GPU tests of the attention
 #       ops and the model, and compiled == eager over changing masks (the condition for --compile by default);
 #       the training step with auto, sdpa and split.
-# more (about 7 minutes): the CUDA extension for this GPU, every GPU test, patch embedding and encoder block
+# more (about 8 minutes): the CUDA extension for this GPU, every GPU test, the compiled step's profile, patch embedding and encoder block
 #       benchmarks, the Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and
 #       compute-sanitizer over the fused backends. (The compiled, triton and reference training steps:
 #       `ecg-jepa bench --only train-step`, about 2 minutes, when a session has the time.)
@@ -60,8 +60,9 @@ bench() {  # bench NAME TIMEOUT ARGS...: the suite with ARGS; its Markdown and J
 
 core() {
   setup
+  build_ext  # the cuda backend (warp-level forward, issue 23) is timed in the first call too
   step "benchmark: CroPA attention at the goal shapes (bf16; fp16 too at the first)"
-  bench kernels 110 --shapes goal --backends sdpa,dense,triton,split,split-library,row-efficient,row-flash,row-cudnn \
+  bench kernels 130 --shapes goal --backends sdpa,dense,triton,split,cuda,split-library,row-efficient,row-flash,row-cudnn \
     --only attention --budget 0.2
   step "auto's table for this card (from the benchmark just run)"
   [ -f "$OUT/kernels.json" ] && python3 -m ecg_jepa.benchmarks.auto_table "$OUT/kernels.json" \
@@ -70,9 +71,7 @@ core() {
   step "profile: the vit-b training step as auto runs it, and with split everywhere (eager)"
   timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --out runs/gpu-profile-eager.md | head -14
   timeout 60 python3 -m ecg_jepa.benchmarks.profile_step --attn split --out runs/gpu-profile-split.md | head -14
-  step "profile: the vit-b training step with the block stacks compiled (what --compile would run)"
-  timeout 120 python3 -m ecg_jepa.benchmarks.profile_step --compiled --out runs/gpu-profile-compiled.md | head -14
-  cat runs/gpu-profile-{eager,split,compiled}.md > "$OUT/profiles.md" 2>/dev/null  # one file: $OUT holds 8
+  cat runs/gpu-profile-{eager,split}.md > "$OUT/profiles.md" 2>/dev/null  # one file: $OUT holds 8
   step "GPU tests: split, triton and the dispatcher; the model and the training blocks with each; compiled == eager"
   timeout 150 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_model.py tests/test_train.py \
     -k "split or dispatch or committed or backends_match or compiled_blocks or warms or compile_matches_eager" \
@@ -89,6 +88,8 @@ more() {
   timeout 150 python3 -m pytest $PYTEST -n 12 tests/test_cropa.py tests/test_patch_embed.py \
     tests/test_model.py tests/test_train.py -k "not emulated and not mirror" > "$OUT/pytest-gpu-all.txt" 2>&1
   echo "pytest exit $?"; failures "$OUT/pytest-gpu-all.txt"
+  step "profile: the vit-b training step with the block stacks compiled (what --compile would run)"
+  timeout 120 python3 -m ecg_jepa.benchmarks.profile_step --compiled --out "$OUT/profile-compiled.md" | head -14
   step "benchmarks: patch embedding, encoder block"
   bench blocks 60 --only patch-embed,block --budget 0.25
   step "Triton configuration sweep (the paper's shape first; rows saved as they come)"
