@@ -10,8 +10,8 @@
 #       training step as auto now runs it and with split everywhere; the GPU tests of the attention
 #       ops and the model, and compiled == eager over changing masks (the condition for --compile by default);
 #       the training step with auto, sdpa and split.
-# more (about 8 minutes): the CUDA extension for this GPU, every GPU test, the compiled step's profile, patch embedding and encoder block
-#       benchmarks, the Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and
+# more (about 8 minutes): the CUDA extension for this GPU, every GPU test, the compiled step's profile,
+#       patch embedding and encoder block benchmarks, the Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and
 #       compute-sanitizer over the fused backends. (The compiled, triton and reference training steps:
 #       `ecg-jepa bench --only train-step`, about 2 minutes, when a session has the time.)
 # Benchmark rows and test outcomes are printed as they come, so a step cut short by its limit still shows
