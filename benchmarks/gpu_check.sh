@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a session lent a GPU (the device tool), in two calls on one warm machine:
 #   run(command="bash benchmarks/gpu_check.sh core", timeout_s=600)   # first: what decides auto and the kernels
-#   run(command="bash benchmarks/gpu_check.sh more", timeout_s=420)   # at once: the machine stays warm 30 s
+#   run(command="bash benchmarks/gpu_check.sh more", timeout_s=600)   # at once: the machine stays warm 30 s
 # core (about 8 minutes, every step with its own limit): install (no downloads); the CUDA extension; the
 #       CroPA attention benchmark at the four goal shapes (sdpa + mask, dense flash, triton, cuda, split with
-#       its Triton row kernels and with the memory-efficient one, and the row pass alone with each of PyTorch's kernels), parity-
-#       checked first; auto's table for this card written from it (for the steps after it; commit the result
+#       its Triton row kernels and with the memory-efficient one, and the row pass alone with each of
+#       PyTorch's kernels), parity-checked first; auto's table for this card written from it (for the steps after it; commit the result
 #       and re-run `python -m ecg_jepa.benchmarks.auto_table` on it here); torch.profiler tables of the vit-b
 #       training step as auto now runs it and with split everywhere; the GPU tests of the attention
 #       ops and the model, and compiled == eager over changing masks (the condition for --compile by default);
 #       the training step with auto, sdpa and split.
-# more (about 8 minutes): the CUDA extension for this GPU, every GPU test, the compiled step's profile,
-#       patch embedding and encoder block benchmarks, the Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and
-#       compute-sanitizer over the fused backends. (The compiled, triton and reference training steps:
-#       `ecg-jepa bench --only train-step`, about 2 minutes, when a session has the time.)
+# more (about 9 minutes; the extension is already built by core): the CUDA extension for this GPU, every GPU
+#       test, the compiled step's profile (into log.txt), patch embedding and encoder block benchmarks, the
+#       Triton tuning sweep, the CLI/README tests, `ecg-jepa pretrain` end to end and compute-sanitizer over
+#       the fused backends. (The compiled, triton and reference training steps: `ecg-jepa bench --only
+#       train-step`, about 2 minutes, when a session has the time.)
 # Benchmark rows and test outcomes are printed as they come, so a step cut short by its limit still shows
 # what it measured. Files in $OUT (at most 8). Commit what it measured under benchmarks/results/ with the
 # device, versions and commit.
@@ -89,7 +90,8 @@ more() {
     tests/test_model.py tests/test_train.py -k "not emulated and not mirror" > "$OUT/pytest-gpu-all.txt" 2>&1
   echo "pytest exit $?"; failures "$OUT/pytest-gpu-all.txt"
   step "profile: the vit-b training step with the block stacks compiled (what --compile would run)"
-  timeout 120 python3 -m ecg_jepa.benchmarks.profile_step --compiled --out "$OUT/profile-compiled.md" | head -14
+  timeout 100 python3 -m ecg_jepa.benchmarks.profile_step --compiled --out runs/gpu-profile-compiled.md > /dev/null
+  cat runs/gpu-profile-compiled.md 2>/dev/null  # the whole table in log.txt: $OUT holds 8 files
   step "benchmarks: patch embedding, encoder block"
   bench blocks 60 --only patch-embed,block --budget 0.25
   step "Triton configuration sweep (the paper's shape first; rows saved as they come)"

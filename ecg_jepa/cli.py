@@ -10,7 +10,6 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -19,10 +18,11 @@ import torch
 
 from .constants import FS, LEADS, N_SAMPLES, N_SLOTS
 from .errors import InputError, RunError
+from .jsonl import write_jsonl
 from .model.jepa import PRESETS
 from .ops.cropa import BACKENDS
-from .ops.setting import ENV, set_backend
-from .train.distributed import DEFAULT_TIMEOUT
+from .ops.setting import ENV, current_backend, use_backend
+from .train.distributed import CHECKPOINT_WAIT, DEFAULT_TIMEOUT
 from .train.recipe import (
     DEFAULT_MASK,
     DEFAULT_PRESET,
@@ -52,6 +52,25 @@ def _pretrain_data(args: argparse.Namespace):
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    """The run under --backend (restored afterwards: ``main`` may be called in-process)."""
+    with use_backend(attention=args.backend):
+        _check_backend_settings()
+        return _pretrain_run(args)
+
+
+def _check_backend_settings() -> None:
+    """A backend named by the environment must exist: said before the run folder is touched (an --overwrite
+    would already have removed the old run), not at the first step."""
+    from .ops.patch_embed import BACKENDS as EMBED_BACKENDS
+
+    for op, table in (("attention", BACKENDS), ("embed", EMBED_BACKENDS)):
+        name = current_backend(op)
+        if name != "auto" and name not in table:
+            raise InputError(f"${ENV[op]} = {name!r} names no {op} backend; set it to auto or one of "
+                             f"{', '.join(table)}")
+
+
+def _pretrain_run(args: argparse.Namespace) -> int:
     from .data.synthetic import CLASS_NAMES, N_CLASSES, SyntheticECG
     from .eval.probe import probe_against_random_init
     from .model.checkpoint import save_encoder
@@ -61,7 +80,6 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    set_backend(attention=args.backend)
     world = init_world(args.device, args.collective_timeout)
     say = print if world.main else (lambda *a, **k: None)
     data, what = _pretrain_data(args)
@@ -132,10 +150,6 @@ def _open(args: argparse.Namespace, scratch: str):
     return encoder, data
 
 
-def _write_failures(path: Path, failures: list[dict]) -> None:
-    path.write_text("".join(json.dumps(f) + "\n" for f in failures))
-
-
 def _embed(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -155,7 +169,7 @@ def _embed(args: argparse.Namespace) -> int:
     print(f"{out}: {feats.shape[0]} embeddings of width {feats.shape[1]} by {what}; record ids in {ids}")
     if data.failures:
         failed = out.with_suffix(".failures.jsonl")
-        _write_failures(failed, data.failures)
+        write_jsonl(failed, data.failures)
         print(f"{len(data.failures)} record(s) failed and were left out: file and reason of each in {failed}")
         return 1
     return 0
@@ -199,9 +213,9 @@ def _backends(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     shape = (args.batch, args.heads, args.leads * args.slots, args.head_dim)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"(no GPU here: the inputs are described as on a GPU of compute capability {args.capability})")
-    capability = tuple(int(v) for v in args.capability.split("."))
-    print(DISPATCH.explain(InputSpec.describe(args.device, dtype, shape, args.grad, args.leads, capability)))
+        print(f"(no GPU here: the inputs are described as on a GPU of compute capability "
+              f"{'.'.join(map(str, args.capability))})")
+    print(DISPATCH.explain(InputSpec.describe(args.device, dtype, shape, args.grad, args.leads, args.capability)))
     return 0
 
 
@@ -246,6 +260,14 @@ def _count(minimum: int):
             raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
         return value
     return parse
+
+
+def _capability(text: str) -> tuple[int, int]:
+    """A compute capability such as 9.0."""
+    major, dot, minor = text.partition(".")
+    if not (major.isdigit() and dot and minor.isdigit()):
+        raise argparse.ArgumentTypeError(f"a compute capability is MAJOR.MINOR, such as 9.0 or 8.0; got {text!r}")
+    return int(major), int(minor)
 
 
 def _positive_float(text: str) -> float:
@@ -314,7 +336,8 @@ def _add_pretrain(sub) -> None:
                    help="steps between log writes (the only time the host waits for the GPU)")
     g.add_argument("--collective-timeout", type=_positive_float, default=DEFAULT_TIMEOUT, metavar="S",
                    help="with torchrun: seconds any rank waits for the others before the run stops with an error "
-                        "naming the rank that stopped answering (default: %(default)g)")
+                        f"naming the rank that stopped answering (rank 0's checkpoint writes are waited for at least "
+                        f"{CHECKPOINT_WAIT / 60:g} min; default: %(default)g)")
     g = p.add_argument_group("speed")
     g.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when there is a GPU)")
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
@@ -423,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     vit_b = PRESETS["vit-b"].encoder
     p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when there is a GPU)")
-    p.add_argument("--capability", default="9.0", help="without a GPU: the compute capability to describe (8.0: A100)")
+    p.add_argument("--capability", type=_capability, default="9.0", help="without a GPU: the compute capability to describe (8.0: A100)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="inputs' dtype")
     p.add_argument("--batch", type=_count(1), default=1, help="batch size (B)")
     p.add_argument("--heads", type=_count(1), default=vit_b.num_heads, help="attention heads (H; vit-b's)")

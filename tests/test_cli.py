@@ -22,6 +22,7 @@ from ecg_jepa.eval.probe import logreg_probe
     (["pretrain", "--threads", "-3"], "--threads: must be ≥ 0"),
     (["pretrain", "--device", "tpu"], "--device: choose cpu or cuda"),
     (["pretrain", "--lr", "-1"], "--lr: must be > 0"),
+    (["backends", "--capability", "sm90"], "--capability: a compute capability is MAJOR.MINOR"),
 ])
 def test_bad_numbers_are_one_line_usage_errors(argv, match, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -164,3 +165,22 @@ def test_logreg_grid_extends_past_its_edges():
         result = logreg_probe((x[:1000], y[:1000]), (x[2000:], y[2000:]), 2, val=(x[1000:2000], y[1000:2000]))
         chosen.append(float(result.chosen.split("=")[1].split()[0]))
     assert chosen[0] < 1e-3 and chosen[1] > 10, chosen
+
+
+def test_a_misspelt_backend_in_the_environment_is_refused_before_the_run_folder_is_touched(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """$ECG_JEPA_ATTN_BACKEND is checked like --backend: with --overwrite, the old run must still be there."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"an old run")
+    monkeypatch.setenv("ECG_JEPA_ATTN_BACKEND", "tritn")
+    assert main(["pretrain", "--overwrite", "--out", str(tmp_path)]) == 2
+    assert "$ECG_JEPA_ATTN_BACKEND = 'tritn' names no attention backend" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"an old run"
+
+
+def test_pretrain_backend_option_does_not_outlive_the_command(tmp_path):
+    """--backend holds for the run only: a later call in the same process sees the setting it had before."""
+    from ecg_jepa.ops.setting import current_backend
+
+    assert main(["pretrain", "--backend", "reference", "--steps", "1", "--batch-size", "2", "--train-size", "4",
+                 "--probe-train", "0", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    assert current_backend("attention") == "auto"

@@ -215,3 +215,17 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_one_line(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "could not write the checkpoint of step 5" in err and "No space left" in err and "--resume" in err, err
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_jsonl_files_skip_and_repair_a_line_cut_by_a_kill(tmp_path):
+    """The one reader of our JSONL files (log, manifest, failures): a cut last line is skipped, and with repair
+    removed, so the next append starts on a fresh line."""
+    from ecg_jepa.jsonl import append_jsonl, read_jsonl
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1')
+    assert read_jsonl(path) == [{"step": 0}] and path.read_text().endswith('{"step": 1')
+    assert read_jsonl(path, repair=True) == [{"step": 0}]
+    append_jsonl(path, [{"step": 1}])
+    assert read_jsonl(path) == [{"step": 0}, {"step": 1}] and path.read_text() == '{"step": 0}\n{"step": 1}\n'
+    assert read_jsonl(tmp_path / "absent.jsonl") == []

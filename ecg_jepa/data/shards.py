@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write
 from ..constants import FS, LEADS, N_SAMPLES
 from ..errors import InputError, MissingInputError
+from ..jsonl import append_jsonl, read_jsonl, write_jsonl
 from .prepare import prepare
 from .records import RecordError
 from .sources import Item, find_records, load_item
@@ -73,30 +74,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
-    """The complete lines of a JSONL file. A line cut short by an interruption is ignored, and with
-    ``repair`` removed from the file, so that later appends start on a fresh line."""
-    if not path.exists():
-        return []
-    rows, bad = [], False
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            bad = True
-    if repair and (bad or not path.read_text().endswith("\n")) and path.stat().st_size:
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, default=str) + "\n" for r in rows)))
-    return rows
-
-
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def open_folder(out: Path, options: PrepareOptions) -> None:
     """Create ``out`` for shards prepared with ``options``, or check that the shards already in it were."""
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +95,7 @@ def write_shard(out: Path, index: int, arrays: Sequence[np.ndarray], entries: Se
             np.save(f, np.stack(arrays))
 
     atomic_write(out / f"shard-{index:05d}.npy", save)
-    _append_jsonl(out / "manifest.jsonl", [{**e, "shard": index, "offset": i} for i, e in enumerate(entries)])
+    append_jsonl(out / "manifest.jsonl", [{**e, "shard": index, "offset": i} for i, e in enumerate(entries)])
 
 
 def prepare_data(
@@ -134,13 +111,13 @@ def prepare_data(
     failures tried again)."""
     out = Path(out)
     open_folder(out, options)
-    manifest = _read_jsonl(out / "manifest.jsonl", repair=True)
-    failures = _read_jsonl(out / "failures.jsonl", repair=True)
+    manifest = read_jsonl(out / "manifest.jsonl", repair=True)
+    failures = read_jsonl(out / "failures.jsonl", repair=True)
     seen = {r["key"] for r in manifest}
     todo = [item for item in find_records(src) if item.key not in seen]
     retried = {item.key for item in todo} & {r["key"] for r in failures}
     kept = [r for r in failures if r["key"] not in retried]  # failures of records no longer in src stay listed
-    atomic_write(out / "failures.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in kept)))
+    write_jsonl(out / "failures.jsonl", kept)
     shard = 1 + max((r["shard"] for r in manifest), default=-1)
     counts = {"prepared": 0, "failed": 0, "skipped": len(seen), "retried": len(retried)}
     with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) if workers > 1 else _Serial() as pool, tqdm(
@@ -159,7 +136,7 @@ def prepare_data(
             if arrays:
                 write_shard(out, shard, arrays, entries)
                 shard += 1
-            _append_jsonl(out / "failures.jsonl", failed)
+            append_jsonl(out / "failures.jsonl", failed)
             counts["prepared"] += len(entries)
             counts["failed"] += len(failed)
     return counts
@@ -197,7 +174,7 @@ class ShardDataset(Dataset):
         if not (self.root / "manifest.jsonl").exists():
             raise MissingInputError(f"{self.root} has no manifest.jsonl: run `ecg-jepa prepare-data SRC {self.root}` first")
         self.config = json.loads((self.root / "config.json").read_text())
-        records = _read_jsonl(self.root / "manifest.jsonl")
+        records = read_jsonl(self.root / "manifest.jsonl")
         if keys is not None:
             wanted = set(keys)
             records = [r for r in records if r["key"] in wanted]

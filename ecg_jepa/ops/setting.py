@@ -3,7 +3,9 @@
 An op call resolves its backend when it runs (under ``torch.compile``, when it is traced), taking the first
 that is set of: the call's own ``backend=`` (a module's, e.g. ``CroPAAttention(dim, heads, backend=...)``),
 the innermost :func:`use_backend`, the last :func:`set_backend`, the environment variable of the op
-(:data:`ENV`, read at each call) and ``"auto"``. The setting is process-wide: every thread sees it.
+(:data:`ENV`) and ``"auto"``. The setting is process-wide: every thread sees it. Under ``torch.compile`` a
+change made with :func:`use_backend` / :func:`set_backend` recompiles the graph (it is guarded); a change of
+the environment variable after the first compiled call is not seen.
 """
 from __future__ import annotations
 

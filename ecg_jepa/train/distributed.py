@@ -26,6 +26,7 @@ from ..errors import InputError, RunError
 
 DEFAULT_TIMEOUT = 600.0  # seconds a collective waits for the slowest rank (NCCL's own default)
 CHECKPOINT_WAIT = 1800.0  # seconds the other ranks wait for rank 0's checkpoint write (a vit-b one on a slow disk)
+NCCL_MARGIN = 60.0  # seconds NCCL's collectives wait beyond the timeout (see init_world)
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,15 @@ class World:
         if self.size == 1:
             return value
         box = [value if self.main else None]
-        with self.collective(what):
+        with self.collective(what, max(self.timeout, CHECKPOINT_WAIT)):
             dist.broadcast_object_list(box, src=0, group=self._patient)
         return box[0]
 
     @contextlib.contextmanager
-    def collective(self, what: str) -> Iterator[None]:
-        """Run collectives (``what`` names them in the error); one that fails (a timeout, a lost peer) ends
-        as a one-line RunError naming the ranks that did not answer. Other errors pass unchanged."""
+    def collective(self, what: str, timeout: float | None = None) -> Iterator[None]:
+        """Run collectives (``what`` names them in the error, ``timeout`` is theirs: ``self.timeout`` unless
+        said); one that fails (a timeout, a lost peer) ends as a one-line RunError naming the ranks that did
+        not answer. Other errors pass unchanged."""
         try:
             yield
         except RuntimeError as e:
@@ -76,9 +78,10 @@ class World:
                 raise
             silent = self._silent_ranks()
             who = (f"rank {', '.join(map(str, silent))}" if silent else "another rank")
-            raise RunError(f"{who} stopped answering: {what} failed on rank {self.rank} ({_first_line(e)}; "
-                           f"collective timeout {self.timeout:g} s, --collective-timeout); the newest checkpoint is "
-                           "intact: rerun with --resume") from None
+            limit = (f"collective timeout {self.timeout:g} s, --collective-timeout" if timeout is None else
+                     f"waited up to {timeout:g} s: the longer of --collective-timeout and {CHECKPOINT_WAIT:g} s")
+            raise RunError(f"{who} stopped answering: {what} failed on rank {self.rank} ({_first_line(e)}; {limit}); "
+                           "the newest checkpoint is intact: rerun with --resume") from None
 
     def _silent_ranks(self) -> list[int]:
         """The ranks that did not report a failed collective themselves within a few seconds (the others'
@@ -127,7 +130,11 @@ def init_world(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> W
         torch.cuda.set_device(local)
     wait = datetime.timedelta(seconds=timeout)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo", timeout=wait, **_rendezvous(restart, wait))
+        # NCCL's watchdog aborts the process with its own report when a collective times out; it waits a minute
+        # longer than the gloo agreement, which names the silent rank in one line when the host gets there.
+        nccl_wait = datetime.timedelta(seconds=timeout + NCCL_MARGIN)
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo", timeout=nccl_wait if want_cuda else wait,
+                                **_rendezvous(restart, datetime.timedelta(seconds=max(timeout, DEFAULT_TIMEOUT))))
     control = dist.new_group(backend="gloo", timeout=wait)
     patient = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(timeout, CHECKPOINT_WAIT)))
     return World(dist.get_rank(), dist.get_world_size(), torch.device("cuda", local) if want_cuda else torch.device("cpu"),
@@ -137,7 +144,8 @@ def init_world(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> W
 def _rendezvous(restart: int, wait: datetime.timedelta) -> dict:
     """``init_process_group``'s store for a group torchrun may restart: torchrun's own store keeps the keys of
     the attempt before (the ranks' addresses), which a restarted group would read and fail to connect to
-    (pytorch/pytorch#135712), so each attempt gets keys of its own. {} (the env:// default) elsewhere."""
+    (pytorch/pytorch#135712), so each attempt gets keys of its own. {} (the env:// default) elsewhere.
+    ``wait``: how long the ranks may take to start (not the collective timeout: ranks start seconds apart)."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
     size = int(os.environ["WORLD_SIZE"])

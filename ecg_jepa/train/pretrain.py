@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..atomic import load_torch
 from ..constants import N_SLOTS
 from ..errors import InputError, RunError
+from ..jsonl import read_jsonl
 from ..model.jepa import JEPA
 from ..model.masks import multiblock_mask, random_mask
 from .distributed import World
@@ -221,7 +222,7 @@ def plot_log(log_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(log_path)] if log_path.exists() else []
+    rows = read_jsonl(log_path)
     if not rows:
         return
     steps = [r["step"] for r in rows]
@@ -349,8 +350,11 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
         pending, tic = [], time.perf_counter()
 
     def checkpoint(step: int) -> None:
-        """Rank 0 writes it; the others wait for its word, and every rank stops if the write failed."""
-        nonlocal last_ckpt
+        """Rank 0 writes it (once per step: a stop right after a save does not write it again); the others
+        wait for its word, and every rank stops if the write failed."""
+        nonlocal last_ckpt, saved
+        if step == saved:
+            return
         failed = None
         if world.main:
             try:
@@ -361,9 +365,9 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
         failed = world.from_main(failed, f"the wait for rank 0's checkpoint of step {step}")
         if failed:
             raise RunError(failed)
-        last_ckpt = time.perf_counter()
+        last_ckpt, saved = time.perf_counter(), step
 
-    done = start
+    done = saved = start
     batches_in = iter(loader)
     quiet_worker_deaths(batches_in)
     try:
@@ -376,7 +380,8 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
                     lost = e
                     stop.wait(LOADER_GRACE)  # the signal may reach this process just after its workers
                 due = world.main and time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes
-                flags = world.agree(done, (stop.signum, lost is not None, due))
+                bad = lost is None and "error" in batch
+                flags = world.agree(done, (stop.signum, lost is not None, due, bad))
                 signum = max(row[0] for row in flags)
                 if signum:  # any rank was told to stop: all stop after the same step, with its checkpoint
                     log_interval()
@@ -388,11 +393,15 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
                     lost_on = [r for r, row in enumerate(flags) if row[1]]
                     raise RunError(f"rank {lost_on[0]}'s data loader failed before step {done} (its own error says "
                                    "why); every rank stops")
+                if bad:
+                    raise InputError(batch["error"])
+                if any(row[3] for row in flags):
+                    bad_on = [r for r, row in enumerate(flags) if row[3]]
+                    raise InputError(f"rank {bad_on[0]}'s part of step {done}'s batch cannot be used (its error says "
+                                     "why); every rank stops")
                 if any(row[2] for row in flags):
                     log_interval()
                     checkpoint(done)
-                if "error" in batch:
-                    raise InputError(batch["error"])
                 step = batch["step"]
                 x, mask = to_device(batch, device)
                 lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
@@ -420,7 +429,7 @@ def _train(cfg: PretrainConfig, data: Dataset, folder: RunFolder, state: dict | 
         if hasattr(batches_in, "_shutdown_workers"):  # workers stop now, not whenever the iterator is collected
             batches_in._shutdown_workers()
         if world.main:
-            plot_log(folder.path / "log.jsonl", folder.path / "curves.png")
+            plot_log(folder.path / LOG_NAME, folder.path / "curves.png")
             _write_summary(intervals, cfg, device, folder, say)
     return model
 
@@ -456,12 +465,7 @@ def _write_summary(intervals: list[dict], cfg: PretrainConfig, device: torch.dev
     steps = sum(i["steps"] for i in steady)
     seconds = sum(i["seconds"] for i in steady)
     mfus = [i["mfu"] * i["seconds"] for i in steady if i["mfu"] is not None]
-    logged = []
-    for line in (folder.path / LOG_NAME).read_text().splitlines():
-        try:
-            logged.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut off by a kill: the summary must not hide the error that ended the run
+    logged = folder.logged_steps()  # a line cut off by a kill is skipped: the summary must not hide the error
     summary = {
         "steps": max(logged) + 1 if logged else 0,  # the run's, across resumes (each step is logged once)
         "steps_this_process": sum(i["steps"] for i in intervals), "ecg_per_s": cfg.batch_size * steps / seconds,

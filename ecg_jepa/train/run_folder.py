@@ -8,7 +8,6 @@ run writes; it names the holder's PID).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import time
@@ -18,6 +17,7 @@ import torch
 
 from ..atomic import atomic_write, load_torch
 from ..errors import InputError
+from ..jsonl import append_jsonl, read_jsonl, write_jsonl
 
 LATEST, PREVIOUS, LOG, LOCK = "checkpoint.pt", "checkpoint.prev.pt", "log.jsonl", ".lock"
 NEW = ".checkpoint.new"  # complete, not yet renamed to LATEST (a kill between the two renames of a save)
@@ -124,22 +124,15 @@ class RunFolder:
     def truncate_log(self, step: int) -> None:
         """Keep the log's lines of steps before ``step`` (the resumed checkpoint's): no step twice."""
         log = self.path / LOG
-        if not log.exists():
-            return
-        keep = []
-        for line in log.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] < step:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut off by a kill
-        atomic_write(log, lambda p: Path(p).write_text("".join(f"{line}\n" for line in keep)))
+        if log.exists():
+            write_jsonl(log, [row for row in read_jsonl(log) if row.get("step", step) < step])
 
     def append_log(self, rows: list[dict]) -> None:
-        with open(self.path / LOG, "a") as f:
-            f.write("".join(json.dumps(row) + "\n" for row in rows))
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path / LOG, rows)
+
+    def logged_steps(self) -> list[int]:
+        """The steps in the log (a line cut off by a kill is skipped)."""
+        return [row["step"] for row in read_jsonl(self.path / LOG) if "step" in row]
 
 
 def _step_of(path: Path) -> str:
