@@ -23,7 +23,7 @@ inline ecg_jepa::DType dtype_of(const at::Tensor& t) {
 inline void check(cudaError_t err, const char* what) { TORCH_CHECK(err == cudaSuccess, what, " failed (error ", int(err), ")"); }
 
 inline void check_fits(const at::Tensor& q, int64_t n_leads, size_t smem_limit) {
-  TORCH_CHECK(q.scalar_type() != at::kFloat, "the CUDA CroPA forward runs on tensor cores: float16 or bfloat16 only, got float32");
+  TORCH_CHECK(q.scalar_type() != at::kFloat, "the CUDA CroPA kernels run on tensor cores: float16 or bfloat16 only, got float32");
   const int64_t slots = q.size(2) / n_leads;
   const auto plan = ecg_jepa::attention_plan(dtype_of(q), int(n_leads), int(slots), int(q.size(3)), smem_limit);
   TORCH_CHECK(plan.fwd_smem > 0 && plan.bwd_group > 0, "CroPA attention with ", n_leads, " leads, ", slots,
@@ -63,10 +63,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cropa_bwd(const at::Tensor& grad_
   auto o = out.contiguous(), g = grad_out.contiguous().to(q.scalar_type()), stats = lse.contiguous();
   const int64_t b = q.size(0), h = q.size(1), n = q.size(2), d = q.size(3);
   check_fits(q, n_leads, Env::smem_limit(q));
-  auto delta = at::empty_like(stats);
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   check(ecg_jepa::cropa_attention_bwd(dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), g.data_ptr(),
-                                      stats.data_ptr<float>(), delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(),
+                                      stats.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(),
                                       dv.data_ptr(), b * h, int(n_leads), int(n / n_leads), int(d), float(scale),
                                       Env::smem_limit(q), Env::stream()),
         "cropa_attention_bwd");

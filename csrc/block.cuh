@@ -1,4 +1,5 @@
-// The block-synchronous model the ecg-jepa CUDA kernels are written in, and what they share.
+// The block-synchronous model the patch-embedding kernels are written in, and what all the ecg-jepa CUDA
+// kernels share (the attention kernels are warp-level: warp.cuh).
 //
 // A kernel body is a sequence of phases separated by Block::sync(). In a phase, Block::threads(n, f) runs
 // f(i) for every work item i < n, spread over the CTA's threads, and Block::warps(n, f) runs f(i) once per
@@ -6,7 +7,7 @@
 // the same phase writes, and everything that lives across phases is in shared memory. So the same source
 // also runs on the CPU (ECG_JEPA_HOST_EMULATION): there a phase is a loop over its items and sync() does
 // nothing, which gives the same result; the tests check the kernels' logic that way on machines with no
-// GPU (tests/test_cropa.py, tests/test_patch_embed.py), and on a GPU against the same oracle.
+// GPU (tests/test_patch_embed.py), and on a GPU against the same oracle.
 //
 // Also here: the storage types (fp32, fp16, bf16) and their conversions, 16x16 tile products (WMMA tensor
 // cores on the GPU for 16-bit data, fp32 multiply-adds otherwise), and row copies between global and shared
@@ -75,9 +76,6 @@ template <> inline BFloat from_float<BFloat>(float x) {
   u += 0x7fffu + ((u >> 16) & 1u);                                                 // round to nearest even
   return BFloat{uint16_t(u >> 16)};
 }
-inline float fast_exp(float x) { return std::exp(x); }
-inline float fast_log(float x) { return std::log(x); }
-inline float fast_rcp(float x) { return 1.f / x; }
 #else
 using Half = __half;
 using BFloat = __nv_bfloat16;
@@ -89,9 +87,6 @@ template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ Half from_float<Half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ BFloat from_float<BFloat>(float x) { return __float2bfloat16_rn(x); }
-__device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
-__device__ __forceinline__ float fast_log(float x) { return __logf(x); }
-__device__ __forceinline__ float fast_rcp(float x) { return __frcp_rn(x); }
 #endif
 
 // Calls f(T{}) with T the storage type of dtype.
@@ -300,14 +295,6 @@ ECG_HD float dot_global(const T* a, const T* b, int d, bool vec) {
     unpack16<T>(*reinterpret_cast<const uint4*>(b + e), y);  // wide side
     for (int j = 0; j < kVec; ++j) s += x[j] * y[j];
   }
-  return s;
-}
-
-// The dot product of two d-long rows, in fp32.
-template <typename A, typename B>
-ECG_HD float dot(const A* a, const B* b, int d) {
-  float s = 0.f;
-  for (int e = 0; e < d; ++e) s += to_float(a[e]) * to_float(b[e]);
   return s;
 }
 

@@ -1,15 +1,12 @@
 // CroPA attention, forward and backward. A query (l, t) sees the T keys of its own lead (the row part) and
 // the L - 1 keys (m, t), m != l, of its own slot (the column part) under one softmax.
 //
-// Forward (warp-level, warp.cuh): one CTA per batch·head stages the head's keys and values in shared memory;
-// warps own 16-query blocks and keep scores, probabilities and the output in mma.sync fragments (see fwd_cta).
-//
-// Backward (block-synchronous, block.cuh): one CTA per (batch·head, block of 16 slots, group of G leads),
-// one kernel after a Delta = rowsum(dO∘O) pass: dq of the CTA's queries (row part against the streamed key
-// blocks, column part against every lead's keys at its slots), then dk and dv of its keys (row part against
-// the streamed query blocks, column part against every lead's queries at its slots), 16x16 WMMA tiles through
-// shared memory. Each gradient row is written by the one CTA that owns it: no atomics. G is the largest group
-// whose shared memory fits the device (attention_plan).
+// Both kernels are warp-level (warp.cuh): one CTA per batch·head stages two of the head's matrices in shared
+// memory with cp.async, warps own 16-row blocks and keep scores, probabilities and accumulators in mma.sync
+// fragments. Forward (fwd_cta): K and V staged, warps on query blocks, online softmax, O and LSE written
+// once. Backward (bwd_cta): a dq phase (K, V staged; warps on query blocks) and a dk/dv phase (Q, dO
+// staged; warps on key blocks), P recomputed from the forward's LSE, Delta = rowsum(dO∘O) computed in the
+// CTA; every gradient row written once by its owner, no atomics.
 #include "warp.cuh"
 
 namespace ecg_jepa {
@@ -17,201 +14,6 @@ namespace {
 
 constexpr float kNegInf = -INFINITY;
 
-// Shared-memory layout of the backward CTA.
-struct BwdSmem {
-  size_t own0, own1, str0, str1, all0, all1, acc0, acc1, s, dp, p, ds, lse_own, delta_own, lse_str, delta_str,
-      lse_all, delta_all, total;
-  ECG_HOST_DEVICE BwdSmem(int leads, int group, int dpad, int ts) {
-    Carve cv;
-    const size_t tile = size_t(kTile) * dpad;
-    own0 = cv.take(group * tile * ts);  // the CTA's own rows (queries and dO, then keys and values)
-    own1 = cv.take(group * tile * ts);
-    str0 = cv.take(group * tile * ts);  // streamed blocks of its leads
-    str1 = cv.take(group * tile * ts);
-    all0 = cv.take(leads * tile * ts);  // every lead's rows at its slots (the column part)
-    all1 = cv.take(leads * tile * ts);
-    acc0 = cv.take(group * tile * 4);   // gradient accumulators
-    acc1 = cv.take(group * tile * 4);
-    s = cv.take(group * kTile * kTile * 4);
-    dp = cv.take(group * kTile * kTile * 4);
-    p = cv.take(group * kTile * kTile * ts);
-    ds = cv.take(group * kTile * kTile * ts);
-    lse_own = cv.take(group * kTile * 4);
-    delta_own = cv.take(group * kTile * 4);
-    lse_str = cv.take(group * kTile * 4);
-    delta_str = cv.take(group * kTile * 4);
-    lse_all = cv.take(leads * kTile * 4);
-    delta_all = cv.take(leads * kTile * 4);
-    total = cv.used;
-  }
-};
-
-// Where the rows of a CTA live: token rows of one (batch·head) matrix, -1 for slots past T.
-struct Tokens {
-  int leads, slots;
-  ECG_HD int64_t row(int lead, int slot) const { return slot < slots ? int64_t(lead) * slots + slot : -1; }
-};
-
-template <typename T>
-ECG_HD void load_stats(Block& blk, float* dst, const float* src, int n_rows, Tokens tok, int lead0, int slot0) {
-  blk.threads(n_rows, [&](int r) {
-    const int64_t row = tok.row(lead0 + r / kTile, slot0 + r % kTile);
-    dst[r] = row >= 0 ? src[row] : 0.f;
-  });
-}
-
-// For each lead g of the group: acc[g] += p[g] · rows[g], p 16 x 16 and rows, acc 16 x dp (row-major), on
-// gn·tiles warp items (one per lead and 16 columns, tiles = dp / 16): dS·K in the backward's pass A.
-template <typename T>
-ECG_HD void accumulate_products(Block& blk, const T* p, const T* rows, float* acc, int gn, int dp, int tiles) {
-  blk.warps(gn * tiles, [&](int job) {
-    const int g = job / tiles, c = job % tiles;
-    tile_product<T, false>(blk, p + g * kTile * kTile, kTile, rows + g * kTile * dp + c * kTile, dp,
-                           acc + g * kTile * dp + c * kTile, dp, kTile, true);
-  });
-}
-
-// ---------------------------------------------------------------------------------------------------
-template <typename T>
-ECG_HD void delta_block(Block& blk, const T* o, const T* d_out, float* delta, int64_t rows, int d, bool vec) {
-  blk.threads(kThreads, [&](int i) {
-    const int64_t row = int64_t(blk.x) * kThreads + i;
-    if (row < rows) delta[row] = dot_global(o + row * d, d_out + row * d, d, vec);
-  });
-}
-
-// For each lead g of the group: s[g] = a0[g] · b0[g]ᵀ and t[g] = a1[g] · b1[g]ᵀ (16 x 16 each), on 2·gn warp
-// items: the backward's scores and dP, queries x keys in pass A, keys x queries in pass B.
-template <typename T>
-ECG_HD void pair_products(Block& blk, const T* a0, const T* b0, float* s, const T* a1, const T* b1, float* t, int gn,
-                          int dp) {
-  blk.warps(2 * gn, [&](int job) {
-    const int g = job % gn;
-    const bool first = job < gn;
-    tile_product<T, true>(blk, (first ? a0 : a1) + g * kTile * dp, dp, (first ? b0 : b1) + g * kTile * dp, dp,
-                          (first ? s : t) + g * kTile * kTile, kTile, dp, false);
-  });
-}
-
-template <typename T>
-ECG_HD void bwd_block(Block& blk, char* smem, const T* q, const T* k, const T* v, const T* d_out, const float* lse,
-                      const float* delta, T* dq, T* dk, T* dv, int leads, int group, int slots, int d, float scale,
-                      bool vec) {
-  const int dp = round_up(d, kTile), nb = cdiv(slots, kTile), tiles = dp / kTile;
-  const Tokens tok{leads, slots};
-  const int64_t bh = blk.x, n = int64_t(leads) * slots;
-  const int jb = blk.y, g0 = blk.z * group, gn = group < leads - g0 ? group : leads - g0;
-  const int slot0 = jb * kTile;
-  const BwdSmem lay(leads, group, dp, int(sizeof(T)));
-  auto tiles_of = [&](size_t at) { return reinterpret_cast<T*>(smem + at); };
-  auto floats_of = [&](size_t at) { return reinterpret_cast<float*>(smem + at); };
-  T *own0 = tiles_of(lay.own0), *own1 = tiles_of(lay.own1), *str0 = tiles_of(lay.str0), *str1 = tiles_of(lay.str1);
-  T *all0 = tiles_of(lay.all0), *all1 = tiles_of(lay.all1), *sp = tiles_of(lay.p), *sds = tiles_of(lay.ds);
-  float *acc0 = floats_of(lay.acc0), *acc1 = floats_of(lay.acc1), *ss = floats_of(lay.s), *sdp = floats_of(lay.dp);
-  float *lse_own = floats_of(lay.lse_own), *delta_own = floats_of(lay.delta_own);
-  float *lse_str = floats_of(lay.lse_str), *delta_str = floats_of(lay.delta_str);
-  float *lse_all = floats_of(lay.lse_all), *delta_all = floats_of(lay.delta_all);
-  const int64_t off = bh * n * d;
-  q += off, k += off, v += off, d_out += off, dq += off, dk += off, dv += off, lse += bh * n, delta += bh * n;
-  auto group_rows = [&](int slot_base) { return [&, slot_base](int r) { return tok.row(g0 + r / kTile, slot_base + r % kTile); }; };
-  auto all_rows = [&](int r) { return tok.row(r / kTile, slot0 + r % kTile); };
-  const int rows = gn * kTile;
-
-  // ---- Pass A: dq of the group's queries at these slots.
-  Rows<T>::load(blk, own0, dp, q, d, d, rows, vec, group_rows(slot0));
-  Rows<T>::load(blk, own1, dp, d_out, d, d, rows, vec, group_rows(slot0));
-  Rows<T>::load(blk, all0, dp, k, d, d, leads * kTile, vec, all_rows);
-  Rows<T>::load(blk, all1, dp, v, d, d, leads * kTile, vec, all_rows);
-  load_stats<T>(blk, lse_own, lse, rows, tok, g0, slot0);
-  load_stats<T>(blk, delta_own, delta, rows, tok, g0, slot0);
-  blk.threads(rows * dp, [&](int i) { acc0[i] = 0.f; });
-  blk.sync();
-  blk.threads(rows, [&](int r) {  // column part: key (m, t) of every other lead
-    const int lead = g0 + r / kTile, t = r % kTile;
-    if (slot0 + t >= slots) return;
-    float* arow = acc0 + r * dp;
-    for (int m = 0; m < leads; ++m) {
-      if (m == lead) continue;
-      const T* krow = all0 + (m * kTile + t) * dp;
-      const float p = fast_exp(scale * dot(own0 + r * dp, krow, d) - lse_own[r]);
-      const float ds = p * (dot(own1 + r * dp, all1 + (m * kTile + t) * dp, d) - delta_own[r]);
-      for (int e = 0; e < d; ++e) arow[e] += ds * to_float(krow[e]);
-    }
-  });
-  for (int i = 0; i < nb; ++i) {  // row part: the lead's keys, block by block
-    blk.sync();
-    Rows<T>::load(blk, str0, dp, k, d, d, rows, vec, group_rows(i * kTile));
-    Rows<T>::load(blk, str1, dp, v, d, d, rows, vec, group_rows(i * kTile));
-    blk.sync();
-    pair_products(blk, own0, str0, ss, own1, str1, sdp, gn, dp);
-    blk.sync();
-    blk.threads(rows * kTile, [&](int e) {
-      const int r = e / kTile, s = e % kTile;
-      const bool live = slot0 + r % kTile < slots && i * kTile + s < slots;
-      const float p = live ? fast_exp(scale * ss[e] - lse_own[r]) : 0.f;
-      sds[e] = from_float<T>(p * (sdp[e] - delta_own[r]));
-    });
-    blk.sync();
-    accumulate_products(blk, sds, str0, acc0, gn, dp, tiles);
-  }
-  blk.sync();
-  Rows<T>::store(blk, dq, d, d, acc0, dp, rows, scale, vec, group_rows(slot0));
-  blk.sync();
-
-  // ---- Pass B: dk and dv of the group's keys at these slots.
-  Rows<T>::load(blk, own0, dp, k, d, d, rows, vec, group_rows(slot0));
-  Rows<T>::load(blk, own1, dp, v, d, d, rows, vec, group_rows(slot0));
-  Rows<T>::load(blk, all0, dp, q, d, d, leads * kTile, vec, all_rows);
-  Rows<T>::load(blk, all1, dp, d_out, d, d, leads * kTile, vec, all_rows);
-  load_stats<T>(blk, lse_all, lse, leads * kTile, tok, 0, slot0);
-  load_stats<T>(blk, delta_all, delta, leads * kTile, tok, 0, slot0);
-  blk.threads(rows * dp, [&](int i) { acc0[i] = 0.f, acc1[i] = 0.f; });
-  blk.sync();
-  blk.threads(rows, [&](int r) {  // column part: query (m, s) of every other lead
-    const int lead = g0 + r / kTile, s = r % kTile;
-    if (slot0 + s >= slots) return;
-    float *krow_acc = acc0 + r * dp, *vrow_acc = acc1 + r * dp;
-    for (int m = 0; m < leads; ++m) {
-      if (m == lead) continue;
-      const int qr = m * kTile + s;
-      const T *qrow = all0 + qr * dp, *dorow = all1 + qr * dp;
-      const float p = fast_exp(scale * dot(qrow, own0 + r * dp, d) - lse_all[qr]);
-      const float ds = p * (dot(dorow, own1 + r * dp, d) - delta_all[qr]);
-      for (int e = 0; e < d; ++e) {
-        vrow_acc[e] += p * to_float(dorow[e]);
-        krow_acc[e] += ds * to_float(qrow[e]);
-      }
-    }
-  });
-  for (int i = 0; i < nb; ++i) {  // row part: the lead's queries, block by block
-    blk.sync();
-    Rows<T>::load(blk, str0, dp, q, d, d, rows, vec, group_rows(i * kTile));
-    Rows<T>::load(blk, str1, dp, d_out, d, d, rows, vec, group_rows(i * kTile));
-    load_stats<T>(blk, lse_str, lse, rows, tok, g0, i * kTile);
-    load_stats<T>(blk, delta_str, delta, rows, tok, g0, i * kTile);
-    blk.sync();
-    pair_products(blk, own0, str0, ss, own1, str1, sdp, gn, dp);  // keys x queries here
-    blk.sync();
-    blk.threads(rows * kTile, [&](int e) {
-      const int r = e / kTile, t = e % kTile, g = r / kTile;
-      const bool live = slot0 + r % kTile < slots && i * kTile + t < slots;
-      const float p = live ? fast_exp(scale * ss[e] - lse_str[g * kTile + t]) : 0.f;
-      sp[e] = from_float<T>(p);
-      sds[e] = from_float<T>(p * (sdp[e] - delta_str[g * kTile + t]));
-    });
-    blk.sync();
-    blk.warps(2 * gn * tiles, [&](int job) {
-      const int half = job / (gn * tiles), g = (job % (gn * tiles)) / tiles, c = job % tiles;
-      const T* a = (half == 0 ? sp : sds) + g * kTile * kTile;
-      const T* b = (half == 0 ? str1 : str0) + g * kTile * dp + c * kTile;
-      float* acc = (half == 0 ? acc1 : acc0) + g * kTile * dp + c * kTile;
-      tile_product<T, false>(blk, a, kTile, b, dp, acc, dp, kTile, true);
-    });
-  }
-  blk.sync();
-  Rows<T>::store(blk, dk, d, d, acc0, dp, rows, scale, vec, group_rows(slot0));
-  Rows<T>::store(blk, dv, d, d, acc1, dp, rows, 1.f, vec, group_rows(slot0));
-}
 
 // ---------------------------------------------------------------------------------------------------
 // The forward: one CTA of 8 warps per (batch·head), 16 where a CTA alone fills an SM's shared memory (and
@@ -459,66 +261,294 @@ cudaError_t launch_fwd(int d16, const T* q, const T* k, const T* v, T* o, float*
 }
 
 // ---------------------------------------------------------------------------------------------------
-#ifndef ECG_JEPA_HOST_EMULATION
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1)
-cropa_delta_kernel(const T* __restrict__ o, const T* __restrict__ d_out, float* __restrict__ delta, int64_t rows, int d,
-                   bool vec) {
-  Block blk;
-  delta_block<T>(blk, o, d_out, delta, rows, d, vec);
+// The backward (warp-level, like the forward): one CTA per (batch·head), in two phases over the same
+// shared memory as the forward's (two staged copies of the head's L·T rows, kFwdPad apart) plus the head's
+// LSE (natural log, from the forward; kept as log2 units) and Delta = rowsum(dO∘O) (computed here, by the
+// CTA's threads from global memory, while the first staging is in flight).
+//   Phase Q (dq): K and V staged; a warp owns 16 queries of one lead (Q and dO as A fragments, read from
+//     global into registers) and recomputes, for the lead's T keys 16 at a time (row pass) and for the key
+//     (m, t) of every other lead m (column pass, the forward's diagonal gather), S = Q·Kᵀ and dP = dO·Vᵀ,
+//     P = exp2(S·scale·log2e − LSE·log2e), dS = P∘(dP − Delta), dQ += dS·K; dq written once by its owner.
+//   Phase K (dk, dv): Q and dO staged in the same buffers; a warp owns 16 keys of one lead (K and V as A
+//     fragments) and computes the transposed products Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ against the lead's queries
+//     (row pass) and the query (m, s) of every other lead at its own slot (column pass, self query once:
+//     in the row pass), with the LSE and Delta of the query (a column now); dV += Pᵀ·dO, dK += dSᵀ·Q;
+//     dk, dv written once by their owner.
+// No atomics and no shared-memory accumulation: every gradient row has one owning warp. The price is that
+// S and dP are computed twice (once per phase). At L8 T50 d48 a (batch·head) has 400 queries x (50 row +
+// 7 column) keys: S and dP are 2 x 400·64·48·2 = 4.9 MFLOP per phase on the row pass (keys padded to 64),
+// about 10 MFLOP of recomputation per head (~15 µs over B64 H16 at ~700 TFLOP/s of dense mma, less than
+// the 0.11 ms HBM floor of the backward); the alternative that computes them once must scatter either dq
+// (fp32 atomics: 400 x 48 x 4 B per head per key block owner, through L2, 4.9 MB per (B64 H16) per key
+// block of a lead) or dk/dv of the column pass (the keys (m, t) of a query block sit in other warps' rows)
+// through shared memory (a 400 x 48 fp32 accumulator: 77 KB, which does not fit beside the staging at
+// L12 T50). Two phases keep the shared memory of the forward, so the backward runs wherever the forward
+// does (the same plan), with 8 warps (the key phase holds four operand fragments and two accumulators).
+constexpr int kBwdWarps = 8;
+constexpr int kSplitKeyPhase = 6;  // kD16 above which the key phase is two sweeps (see BwdSweep)
+
+// Bytes of the backward CTA's shared memory: the forward's staging plus the head's LSE and Delta.
+ECG_HOST_DEVICE size_t bwd_smem_bytes(int leads, int slots, int head_dim, int ts) {
+  return fwd_smem_bytes(leads, slots, head_dim, ts) + 2 * size_t(leads) * slots * 4;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1)
-cropa_bwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_out,
-                 const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dq, T* __restrict__ dk,
-                 T* __restrict__ dv, int leads, int group, int slots, int d, float scale, bool vec) {
+// The A fragments (16 rows x kD16·16 columns) of rows t0.. of a (slots x d) matrix, zero outside it.
+template <typename T, int kD16>
+ECG_HD void load_a(uint32_t (&a)[kD16][4], const T* rows, int t0, int slots, int d, bool vec, int g, int c) {
+  for (int kk = 0; kk < kD16; ++kk)
+    for (int i = 0; i < 4; ++i) a[kk][i] = pair_at(rows, t0 + g + (i % 2) * 8, slots, kk * kTile + 2 * c + (i / 2) * 8, d, vec);
+}
+
+// Writes this lane's part of acc·mul (rows t0 + g, t0 + g + 8 of a (slots x d) matrix at out).
+template <typename T, int kN>
+ECG_HD void store_c(T* out, const float (&acc)[kN][4], float mul, int t0, int slots, int d, bool vec, int g, int c) {
+  for (int h = 0; h < 2; ++h) {
+    const int t = t0 + g + 8 * h;
+    if (t >= slots) continue;
+    for (int j = 0; j < kN; ++j) {
+      const int col = 8 * j + 2 * c;
+      const float x0 = acc[j][2 * h] * mul, x1 = acc[j][2 * h + 1] * mul;
+      if (vec && col < d) {
+        *reinterpret_cast<uint32_t*>(out + int64_t(t) * d + col) = pack2<T>(x0, x1);
+      } else {
+        if (col < d) out[int64_t(t) * d + col] = from_float<T>(x0);
+        if (col + 1 < d) out[int64_t(t) * d + col + 1] = from_float<T>(x1);
+      }
+    }
+  }
+}
+
+// What a sweep of the backward computes: dq (the query phase); dk and dv (the key phase); at head dims
+// over 96 the key phase is two sweeps, dk then dv, since two fp32 accumulators of kD16·16 columns beside
+// K's and V's fragments exceed 255 registers (ptxas spills; a sweep for dv alone recomputes S, not dP).
+enum BwdSweep { kSweepQ, kSweepKV, kSweepK, kSweepV };
+
+// One sweep of the backward over every 16-row block of the head, warps in turn.
+// sb0, sb1: the staged rows (K, V; or Q, dO); x0, x1: the owners' rows in global memory (Q, dO; or K, V);
+// sl, sd: LSE (log2 units) and Delta of every query; out0 (dq; or dk), out1 (dv).
+template <typename T, int kD16, int kSweep>
+ECG_HD void bwd_phase(int tid, int warps, const T* sb0, const T* sb1, const float* sl, const float* sd, const T* x0,
+                      const T* x1, T* out0, T* out1, int leads, int slots, int d, float scale, float scale_log2, bool vec) {
+  constexpr int kSp = kD16 * kTile + kFwdPad, kN = 2 * kD16;
+  constexpr bool kKeys = kSweep != kSweepQ;                  // owners are keys; statistics by column
+  constexpr bool kDp = kSweep != kSweepV;                    // dP (and dS) needed
+  constexpr bool kAcc0 = kDp, kAcc1 = kSweep == kSweepKV || kSweep == kSweepV;  // dq or dk; dv
+  const int lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int r16 = lane % 16, c8 = (lane / 16) * 8;
+  const int blocks = cdiv(slots, kTile);
+  for (int ob = tid / 32; ob < leads * blocks; ob += warps) {
+    const int lead = ob / blocks, t0 = (ob % blocks) * kTile;
+    const int64_t base = int64_t(lead) * slots;
+    uint32_t a0[kD16][4], a1[kDp ? kD16 : 1][4];  // Q, dO (or K, V) of the block's 16 rows
+    load_a<T, kD16>(a0, x0 + base * d, t0, slots, d, vec, g, c);
+    if constexpr (kDp) load_a<T, kD16>(a1, x1 + base * d, t0, slots, d, vec, g, c);
+    float acc0[kAcc0 ? kN : 1][4] = {}, acc1[kAcc1 ? kN : 1][4] = {};  // dq (or dk), dv
+    float own_l[2], own_d[2];                   // the query phase: LSE and Delta of this lane's two rows
+    for (int h = 0; h < 2; ++h) {
+      const int t = t0 + g + 8 * h;
+      own_l[h] = t < slots ? sl[base + t] : INFINITY;  // a row past T: P = 0
+      own_d[h] = t < slots ? sd[base + t] : 0.f;
+    }
+
+    // Row pass: the lead's T rows of the staged matrices, 16 at a time (rows past T read the last row and
+    // are masked).
+    const T *rows0 = sb0 + base * kSp, *rows1 = sb1 + base * kSp;
+    for (int kb = 0; kb < slots; kb += kTile) {
+      float s[2][4] = {}, dp[2][4] = {};
+      const int key = kb + (lane % 8) + (lane / 16) * 8;
+      const int boff = (key < slots ? key : slots - 1) * kSp + ((lane / 8) % 2) * 8;
+      for (int kk = 0; kk < kD16; ++kk) {
+        uint32_t b[4];
+        ldmatrix_x4(b, rows0 + boff + kk * kTile);
+        mma_16816<T>(s[0], a0[kk], b[0], b[1]);
+        mma_16816<T>(s[1], a0[kk], b[2], b[3]);
+        if constexpr (kDp) {
+          ldmatrix_x4(b, rows1 + boff + kk * kTile);
+          mma_16816<T>(dp[0], a1[kk], b[0], b[1]);
+          mma_16816<T>(dp[1], a1[kk], b[2], b[3]);
+        }
+      }
+      for (int j = 0; j < 2; ++j)
+        for (int e = 0; e < 2; ++e) {
+          const int col = kb + 8 * j + 2 * c + e;
+          const bool live = col < slots;
+          const float cl = kKeys && live ? sl[base + col] : 0.f, cd = kKeys && live ? sd[base + col] : 0.f;
+          for (int h = 0; h < 2; ++h) {
+            float& x = s[j][2 * h + e];
+            float& y = dp[j][2 * h + e];
+            const float p = live ? fast_exp2(x * scale_log2 - (kKeys ? cl : own_l[h])) : 0.f;
+            x = p;
+            y = p * (y - (kKeys ? cd : own_d[h]));
+          }
+        }
+      const uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]), pack2<T>(s[1][0], s[1][1]),
+                              pack2<T>(s[1][2], s[1][3])};
+      const uint32_t da[4] = {pack2<T>(dp[0][0], dp[0][1]), pack2<T>(dp[0][2], dp[0][3]), pack2<T>(dp[1][0], dp[1][1]),
+                              pack2<T>(dp[1][2], dp[1][3])};
+      const int vkey = kb + r16;
+      const int toff = (vkey < slots ? vkey : slots - 1) * kSp + c8;
+      for (int jj = 0; jj < kD16; ++jj) {
+        uint32_t b[4];
+        if constexpr (kAcc0) {
+          ldmatrix_x4_trans(b, rows0 + toff + jj * kTile);  // dQ += dS·K (dK += dSᵀ·Q)
+          mma_16816<T>(acc0[2 * jj], da, b[0], b[1]);
+          mma_16816<T>(acc0[2 * jj + 1], da, b[2], b[3]);
+        }
+        if constexpr (kAcc1) {
+          ldmatrix_x4_trans(b, rows1 + toff + jj * kTile);  // dV += Pᵀ·dO
+          mma_16816<T>(acc1[2 * jj], pa, b[0], b[1]);
+          mma_16816<T>(acc1[2 * jj + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+
+    // Column pass: for row i of the block, the staged row (m, t0 + i) of every other lead m (the forward's
+    // gather: the scores are the diagonal of the owner's rows times the gathered rows; the gradient
+    // products take diag(p) and diag(ds) as A fragments).
+    const int krow = t0 + (lane % 8) + (lane / 16) * 8, vrow = t0 + r16;
+    const int kslot = krow < slots ? krow : slots - 1, vslot = vrow < slots ? vrow : slots - 1;
+    const int diag = (lane & ~3) | (g / 2);
+    const bool mine = lane == diag;
+    for (int m = 0; m < leads; ++m) {
+      if (m == lead) continue;  // uniform over the warp
+      const int64_t mbase = int64_t(m) * slots;
+      const int boff = (mbase + kslot) * kSp + ((lane / 8) % 2) * 8;
+      float st[2][4] = {}, dt[2][4] = {};
+      for (int kk = 0; kk < kD16; ++kk) {
+        uint32_t b[4];
+        ldmatrix_x4(b, sb0 + boff + kk * kTile);
+        mma_16816<T>(st[0], a0[kk], b[0], b[1]);
+        mma_16816<T>(st[1], a0[kk], b[2], b[3]);
+        if constexpr (kDp) {
+          ldmatrix_x4(b, sb1 + boff + kk * kTile);
+          mma_16816<T>(dt[0], a1[kk], b[0], b[1]);
+          mma_16816<T>(dt[1], a1[kk], b[2], b[3]);
+        }
+      }
+      const float sc[2] = {shfl_idx(g % 2 ? st[0][1] : st[0][0], diag), shfl_idx(g % 2 ? st[1][3] : st[1][2], diag)};
+      const float dd[2] = {shfl_idx(g % 2 ? dt[0][1] : dt[0][0], diag), shfl_idx(g % 2 ? dt[1][3] : dt[1][2], diag)};
+      float p[2], ds[2];
+      for (int h = 0; h < 2; ++h) {
+        const int t = t0 + g + 8 * h;
+        float l = own_l[h], dl = own_d[h];
+        if constexpr (kKeys) {  // the query (m, t): its statistics
+          l = t < slots ? sl[mbase + t] : INFINITY;
+          dl = t < slots ? sd[mbase + t] : 0.f;
+        }
+        p[h] = fast_exp2(sc[h] * scale_log2 - l);
+        ds[h] = p[h] * (dd[h] - dl);
+      }
+      const uint32_t dsa[4] = {mine ? pack2<T>(g % 2 ? 0.f : ds[0], g % 2 ? ds[0] : 0.f) : 0u, 0u, 0u,
+                               mine ? pack2<T>(g % 2 ? 0.f : ds[1], g % 2 ? ds[1] : 0.f) : 0u};
+      const int toff = (mbase + vslot) * kSp + c8;
+      if constexpr (kAcc0)
+        for (int jj = 0; jj < kD16; ++jj) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, sb0 + toff + jj * kTile);
+          mma_16816<T>(acc0[2 * jj], dsa, b[0], b[1]);
+          mma_16816<T>(acc0[2 * jj + 1], dsa, b[2], b[3]);
+        }
+      if constexpr (kAcc1) {
+        const uint32_t pa[4] = {mine ? pack2<T>(g % 2 ? 0.f : p[0], g % 2 ? p[0] : 0.f) : 0u, 0u, 0u,
+                                mine ? pack2<T>(g % 2 ? 0.f : p[1], g % 2 ? p[1] : 0.f) : 0u};
+        for (int jj = 0; jj < kD16; ++jj) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, sb1 + toff + jj * kTile);
+          mma_16816<T>(acc1[2 * jj], pa, b[0], b[1]);
+          mma_16816<T>(acc1[2 * jj + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+
+    if constexpr (kAcc0) store_c<T, kN>(out0 + base * d, acc0, scale, t0, slots, d, vec, g, c);
+    if constexpr (kAcc1) store_c<T, kN>(out1 + base * d, acc1, 1.f, t0, slots, d, vec, g, c);
+  }
+}
+
+template <typename T, int kD16>
+ECG_HD void bwd_cta(int tid, int warps, int64_t bh, char* smem, const T* q, const T* k, const T* v, const T* o,
+                    const T* d_out, const float* lse, T* dq, T* dk, T* dv, int leads, int slots, int d, float scale,
+                    bool vec) {
+  constexpr int kDp = kD16 * kTile, kSp = kDp + kFwdPad;
+  const int n = leads * slots, threads = warps * 32;
+  T* sb0 = reinterpret_cast<T*>(smem);
+  T* sb1 = sb0 + int64_t(n) * kSp;
+  float* sl = reinterpret_cast<float*>(sb1 + int64_t(n) * kSp);
+  float* sd = sl + n;
+  const int64_t off = bh * n * d;
+  q += off, k += off, v += off, o += off, d_out += off, dq += off, dk += off, dv += off, lse += bh * n;
+  stage_rows(tid, threads, sb0, k, n, d, kDp, kSp, vec);
+  stage_rows(tid, threads, sb1, v, n, d, kDp, kSp, vec);
+  for (int r = tid; r < n; r += threads) {  // while the copies fly
+    sl[r] = lse[r] * kLog2e;
+    sd[r] = dot_global(o + int64_t(r) * d, d_out + int64_t(r) * d, d, vec);
+  }
+  cp_async_wait_all();
+  cta_sync();
+  bwd_phase<T, kD16, kSweepQ>(tid, warps, sb0, sb1, sl, sd, q, d_out, dq, dq, leads, slots, d, scale, scale * kLog2e, vec);
+  cta_sync();
+  stage_rows(tid, threads, sb0, q, n, d, kDp, kSp, vec);
+  stage_rows(tid, threads, sb1, d_out, n, d, kDp, kSp, vec);
+  cp_async_wait_all();
+  cta_sync();
+  if constexpr (kD16 <= kSplitKeyPhase) {
+    bwd_phase<T, kD16, kSweepKV>(tid, warps, sb0, sb1, sl, sd, k, v, dk, dv, leads, slots, d, scale, scale * kLog2e, vec);
+  } else {
+    bwd_phase<T, kD16, kSweepK>(tid, warps, sb0, sb1, sl, sd, k, v, dk, dv, leads, slots, d, scale, scale * kLog2e, vec);
+    bwd_phase<T, kD16, kSweepV>(tid, warps, sb0, sb1, sl, sd, k, v, dk, dv, leads, slots, d, scale, scale * kLog2e, vec);
+  }
+}
+
+#ifndef ECG_JEPA_HOST_EMULATION
+template <typename T, int kD16>
+__global__ void __launch_bounds__(32 * kBwdWarps, kD16 <= 2 ? 2 : 1)  // 2: 128 registers, no spills up to d32
+cropa_bwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
+                 const T* __restrict__ d_out, const float* __restrict__ lse, T* __restrict__ dq, T* __restrict__ dk,
+                 T* __restrict__ dv, int leads, int slots, int d, float scale, bool vec) {
   extern __shared__ __align__(128) char smem[];
-  Block blk;
-  bwd_block<T>(blk, smem, q, k, v, d_out, lse, delta, dq, dk, dv, leads, group, slots, d, scale, vec);
+  bwd_cta<T, kD16>(threadIdx.x, blockDim.x / 32, blockIdx.x, smem, q, k, v, o, d_out, lse, dq, dk, dv, leads, slots, d,
+                   scale, vec);
 }
 #endif
 
-// Runs body(Block&, smem) for every CTA of the grid: on the GPU as a kernel launch, in the emulation in turn.
-template <typename Body>
-cudaError_t run_grid(int64_t gx, int gy, int gz, size_t smem_bytes, Body&& body) {
+template <typename T, int kD16 = 1>
+cudaError_t launch_bwd(int d16, const T* q, const T* k, const T* v, const T* o, const T* d_out, const float* lse, T* dq,
+                       T* dk, T* dv, int64_t bh, int leads, int slots, int d, float scale, bool vec, size_t smem,
+                       cudaStream_t stream) {
+  if constexpr (kD16 < kMaxHeadDim / kTile) {
+    if (d16 > kD16)
+      return launch_bwd<T, kD16 + 1>(d16, q, k, v, o, d_out, lse, dq, dk, dv, bh, leads, slots, d, scale, vec, smem, stream);
+  }
 #ifdef ECG_JEPA_HOST_EMULATION
-  std::vector<char> smem(smem_bytes + 128);
-  for (int64_t x = 0; x < gx; ++x)
-    for (int y = 0; y < gy; ++y)
-      for (int z = 0; z < gz; ++z) {
-        Block blk{int(x), y, z};
-        body(blk, smem.data());
-      }
+  (void)stream;
+  host::Cta cta;
+  std::vector<uint4> buffer(smem / sizeof(uint4) + 1);
+  char* base = reinterpret_cast<char*>(buffer.data());
+  for (int64_t x = 0; x < bh; ++x)
+    host::run_cta(cta, kBwdWarps * 32, [&](int tid) {
+      bwd_cta<T, kD16>(tid, kBwdWarps, x, base, q, k, v, o, d_out, lse, dq, dk, dv, leads, slots, d, scale, vec);
+    });
   return cudaSuccess;
 #else
-  (void)gx, (void)gy, (void)gz, (void)smem_bytes, (void)body;
-  return cudaErrorInvalidValue;  // the GPU path launches its kernels directly
+  cudaError_t err = cudaFuncSetAttribute(cropa_bwd_kernel<T, kD16>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  cropa_bwd_kernel<T, kD16><<<unsigned(bh), kBwdWarps * 32, smem, stream>>>(q, k, v, o, d_out, lse, dq, dk, dv, leads,
+                                                                             slots, d, scale, vec);
+  return cudaGetLastError();
 #endif
-}
-
-// Backward leads per CTA: the most that leave room for kCtasPerSm CTAs per SM (that fraction of the per-CTA
-// limit; latency hiding needs more than one CTA of 4 warps), else the most that fit at all, else 0.
-template <typename T>
-int best_group(int leads, int dp, size_t limit) {
-  for (const size_t budget : {limit / kCtasPerSm, limit}) {
-    for (int g = leads; g >= 1; --g)
-      if (BwdSmem(leads, g, dp, sizeof(T)).total <= budget) return g;
-  }
-  return 0;
 }
 
 }  // namespace
 
 AttentionPlan attention_plan(DType dtype, int leads, int slots, int head_dim, size_t smem_limit) {
   AttentionPlan plan{0, 0, 0};
-  const int dp = round_up(head_dim, kTile);
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const size_t fwd = fwd_smem_bytes(leads, slots, head_dim, sizeof(T));
+    const size_t bwd = bwd_smem_bytes(leads, slots, head_dim, sizeof(T));
     plan.fwd_smem = sizeof(T) == 2 && fwd <= smem_limit ? fwd : 0;
-    plan.bwd_group = best_group<T>(leads, dp, smem_limit);
-    plan.bwd_smem = plan.bwd_group ? BwdSmem(leads, plan.bwd_group, dp, sizeof(T)).total : 0;
+    plan.bwd_group = sizeof(T) == 2 && bwd <= smem_limit ? leads : 0;
+    plan.bwd_smem = plan.bwd_group ? bwd : 0;
     return cudaSuccess;
   });
   return plan;
@@ -544,37 +574,22 @@ cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const
 }
 
 cudaError_t cropa_attention_bwd(DType dtype, const void* q, const void* k, const void* v, const void* o,
-                                const void* d_out, const float* lse, float* delta, void* dq, void* dk, void* dv,
-                                int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
-                                cudaStream_t stream) {
+                                const void* d_out, const float* lse, void* dq, void* dk, void* dv, int64_t bh,
+                                int leads, int slots, int head_dim, float scale, size_t smem_limit, cudaStream_t stream) {
   if (head_dim < 1 || head_dim > kMaxHeadDim || leads < 1 || slots < 1) return cudaErrorInvalidValue;
   const AttentionPlan plan = attention_plan(dtype, leads, slots, head_dim, smem_limit);
   if (plan.bwd_group == 0) return cudaErrorInvalidValue;
-  const int nb = cdiv(slots, kTile), groups = cdiv(leads, plan.bwd_group);
-  const int64_t rows = bh * leads * slots;
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    const T *qt = static_cast<const T*>(q), *kt = static_cast<const T*>(k), *vt = static_cast<const T*>(v);
-    const T *ot = static_cast<const T*>(o), *gt = static_cast<const T*>(d_out);
-    T *dqt = static_cast<T*>(dq), *dkt = static_cast<T*>(dk), *dvt = static_cast<T*>(dv);
-    const bool vec = vectorizable(head_dim, head_dim, sizeof(T), {q, k, v, o, d_out, dq, dk, dv});
-    const int64_t delta_ctas = (rows + kThreads - 1) / kThreads;
-#ifdef ECG_JEPA_HOST_EMULATION
-    (void)stream;
-    run_grid(delta_ctas, 1, 1, 0, [&](Block& blk, char*) { delta_block<T>(blk, ot, gt, delta, rows, head_dim, vec); });
-    return run_grid(bh, nb, groups, plan.bwd_smem, [&](Block& blk, char* smem) {
-      bwd_block<T>(blk, smem, qt, kt, vt, gt, lse, delta, dqt, dkt, dvt, leads, plan.bwd_group, slots, head_dim, scale, vec);
-    });
-#else
-    cropa_delta_kernel<T><<<unsigned(delta_ctas), kThreads, 0, stream>>>(ot, gt, delta, rows, head_dim, vec);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    err = cudaFuncSetAttribute(cropa_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.bwd_smem));
-    if (err != cudaSuccess) return err;
-    cropa_bwd_kernel<T><<<dim3(unsigned(bh), unsigned(nb), unsigned(groups)), kThreads, plan.bwd_smem, stream>>>(
-        qt, kt, vt, gt, lse, delta, dqt, dkt, dvt, leads, plan.bwd_group, slots, head_dim, scale, vec);
-    return cudaGetLastError();
-#endif
+    if constexpr (sizeof(T) != 2) {
+      return cudaErrorInvalidValue;  // tensor cores: 16-bit data only
+    } else {
+      const bool vec = vectorizable(head_dim, head_dim, sizeof(T), {q, k, v, o, d_out, dq, dk, dv});
+      return launch_bwd<T>(cdiv(head_dim, kTile), static_cast<const T*>(q), static_cast<const T*>(k),
+                           static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(d_out), lse,
+                           static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), bh, leads, slots, head_dim,
+                           scale, vec, plan.bwd_smem, stream);
+    }
   });
 }
 

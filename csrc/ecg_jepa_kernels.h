@@ -20,8 +20,8 @@ constexpr cudaError_t cudaErrorInvalidValue = 1;
 #include <cuda_runtime.h>
 #endif
 
-#if !defined(ECG_JEPA_MAX_HEAD_DIM) || !defined(ECG_JEPA_CTAS_PER_SM)
-#error "build with -DECG_JEPA_MAX_HEAD_DIM=... -DECG_JEPA_CTAS_PER_SM=... (ecg_jepa.build_ext.defines passes ecg_jepa/limits.py)"
+#if !defined(ECG_JEPA_MAX_HEAD_DIM)
+#error "build with -DECG_JEPA_MAX_HEAD_DIM=... (ecg_jepa.build_ext.defines passes ecg_jepa/limits.py)"
 #endif
 
 namespace ecg_jepa {
@@ -29,13 +29,12 @@ namespace ecg_jepa {
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
 constexpr int kMaxHeadDim = ECG_JEPA_MAX_HEAD_DIM;
-constexpr int kCtasPerSm = ECG_JEPA_CTAS_PER_SM;  // the CTAs per SM a lead group leaves room for, if it can
 
 // How the attention kernels use a GPU allowing ``smem_limit`` bytes of shared memory per CTA: the forward's
 // shared memory (one CTA per batch·head holding the head's keys and values; 0: does not fit, or float32,
-// which the tensor-core forward does not take), the backward's leads per CTA (the largest group whose shared
-// memory fits in ``smem_limit / kCtasPerSm`` bytes, else in ``smem_limit``; 0 if even one lead does not fit)
-// and its shared memory. Mirrored in Python by ecg_jepa.ops.cropa.cuda.plan (a test compares them).
+// which the tensor-core kernels do not take), the backward's leads per CTA (all of them: one CTA per
+// batch·head holding two of its matrices and its LSE and Delta; 0: does not fit, or float32) and its shared
+// memory. Mirrored in Python by ecg_jepa.ops.cropa.cuda.plan (a test compares them).
 struct AttentionPlan {
   size_t fwd_smem;
   int bwd_group;
@@ -48,11 +47,11 @@ cudaError_t cropa_attention_fwd(DType dtype, const void* q, const void* k, const
                                 int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
                                 cudaStream_t stream);
 
-// Writes delta = rowsum(dO * O) (BH, N) first, then dq, dk, dv (one kernel; no atomics).
+// dq, dk, dv from the forward's O and natural-log LSE (one kernel; Delta = rowsum(dO * O) computed in it; no
+// atomics). float16 / bfloat16 only.
 cudaError_t cropa_attention_bwd(DType dtype, const void* q, const void* k, const void* v, const void* o,
-                                const void* d_out, const float* lse, float* delta, void* dq, void* dk, void* dv,
-                                int64_t bh, int leads, int slots, int head_dim, float scale, size_t smem_limit,
-                                cudaStream_t stream);
+                                const void* d_out, const float* lse, void* dq, void* dk, void* dv, int64_t bh,
+                                int leads, int slots, int head_dim, float scale, size_t smem_limit, cudaStream_t stream);
 
 cudaError_t patch_embed_fwd(DType dtype, const void* x, const void* w, const void* bias, const float* pos,
                             const int32_t* vis, int vis_rows, const int32_t* lead_ids, void* out, int batch,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .limits import CUDA_CTAS_PER_SM, FUSED_MAX_HEAD_DIM
+from .limits import FUSED_MAX_HEAD_DIM
 
 DEFAULT_ARCHS = "8.0;9.0"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -24,8 +24,8 @@ SOURCES = ("cropa_attention.cu", "patch_embed.cu", "ops.cpp")
 
 def defines() -> list[str]:
     """Facts the C++ sources take from Python, where they are declared once (:mod:`ecg_jepa.limits`): the
-    kernels' head-dim limit and the CTAs per SM their lead groups leave room for."""
-    return [f"-DECG_JEPA_MAX_HEAD_DIM={FUSED_MAX_HEAD_DIM}", f"-DECG_JEPA_CTAS_PER_SM={CUDA_CTAS_PER_SM}"]
+    kernels' head-dim limit."""
+    return [f"-DECG_JEPA_MAX_HEAD_DIM={FUSED_MAX_HEAD_DIM}"]
 
 
 def cuda_flags() -> list[str]:

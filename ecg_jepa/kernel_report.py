@@ -313,14 +313,14 @@ def cuda_rows(archs: tuple[int, ...]) -> list[Row]:
 
 def _paper_shape_smem(label: str, arch: int) -> tuple[int, str]:
     """The dynamic shared memory of a CUDA attention CTA at the paper's shape (8 leads, 50 slots; d = 48,
-    or the forward instance's own head dim, 16·kD16), which decides its CTAs per SM, and that shape in
+    or the kernel instance's own head dim, 16·kD16), which decides its CTAs per SM, and that shape in
     words (the patch-embedding kernels' depends on the mask: 0 here)."""
     from .ops.cropa.cuda import plan
 
     if "cropa_fwd" not in label and "cropa_bwd" not in label:
         return 0, ""
     size = 4 if "<float>" in label else 2
-    m = re.search(r"cropa_fwd_kernel<[^,>]+, (\d+)>", label)
+    m = re.search(r"cropa_(?:fwd|bwd)_kernel<[^,>]+, (\d+)>", label)
     d = 16 * int(m.group(1)) if m else 48
     fwd_bytes, _, bwd_bytes = plan(SHAPE["leads"], SHAPE["slots"], d, size, SMEM_PER_CTA[(arch // 10, arch % 10)])
     at = f"L{SHAPE['leads']} T{SHAPE['slots']} d{d}"

@@ -19,11 +19,6 @@ CUDA_TILE = 16
 """Slots per block and the side of every tensor-core tile of the CUDA kernels (``kTile`` in
 ``csrc/block.cuh``); the shared-memory mirror (:mod:`ecg_jepa.ops.cropa.cuda`) pads head dims to it."""
 
-CUDA_CTAS_PER_SM = 2
-"""The CUDA attention backward's lead-group policy: a CTA takes the most leads that leave room for this many
-CTAs per SM (a CTA of 4 warps alone cannot hide latency), else the most that fit at all (``csrc/`` gets it
-as ``ECG_JEPA_CTAS_PER_SM``; :func:`ecg_jepa.ops.cropa.cuda.plan` is the Python mirror)."""
-
 SMEM_PER_CTA: dict[tuple[int, int], int] = {
     (8, 0): 166912, (8, 6): 101376, (8, 9): 101376, (9, 0): 232448, (10, 0): 232448, (12, 0): 101376,
 }

@@ -347,17 +347,17 @@ def emulated_kernels(emulated, limit):
 @pytest.mark.parametrize("n_leads,t,d,dtype,smem_kb", [
     (8, 50, 48, torch.bfloat16, 227),    # the paper's shape
     (8, 50, 48, torch.float16, 163),     # A100's shared memory
-    (12, 7, 128, torch.float16, 227),    # backward leads split over CTAs (3 per CTA)
-    (5, 17, 48, torch.bfloat16, 45),     # a tiny limit: one lead per CTA in the backward
+    (12, 7, 128, torch.float16, 227),    # d128: the backward's key phase in two sweeps (dk, then dv)
+    (5, 17, 48, torch.bfloat16, 45),     # a tiny limit the (batch, head) CTAs still fit
     (1, 7, 16, torch.float16, 227),      # one lead: full attention, no column part
     (3, 20, 24, torch.bfloat16, 227),    # d not a multiple of 16 (padded tiles)
     (2, 33, 20, torch.bfloat16, 227),    # d·2 bytes not a multiple of 16: element-wise copies
     (4, 70, 64, torch.bfloat16, 90),     # T > 64: five slot blocks
 ])
 def test_cuda_kernels_emulated_match_oracle(seed, emulated, n_leads, t, d, dtype, smem_kb):
-    """csrc/cropa_attention.cu on the CPU (the forward warp by warp, its lanes as fibers; the backward phase
-    by phase) against the float64 oracle, forward and gradients: slot blocks, lead groups, the column part,
-    the online softmax, the backward's two passes on the new forward's O and LSE."""
+    """csrc/cropa_attention.cu on the CPU (both kernels warp by warp, their lanes as fibers) against the
+    float64 oracle, forward and gradients: slot blocks, the column part, the online softmax, the backward's
+    dq and dk/dv phases on the forward's O and LSE."""
     q, k, v = inputs(2, 2, n_leads, t, d, dtype)
     result = parity(emulated_kernels(emulated, smem_kb * 1024), q, k, v, n_leads, torch.randn(2, 2, n_leads * t, d))
     print(result)
@@ -381,6 +381,21 @@ def test_cuda_forward_emulated_matches_oracle(seed, emulated, dtype, n_leads, t,
     assert result.ok, str(result)
 
 
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("n_leads,t,d", [
+    (1, 1, 32), (1, 50, 64), (8, 1, 48), (12, 1, 128), (12, 7, 48), (12, 23, 32), (8, 17, 128), (17, 5, 48),
+    (3, 9, 20), (2, 31, 96), (3, 9, 112), (12, 50, 48),  # 96: the last one-sweep key phase; 112, 128: two sweeps
+])
+def test_cuda_backward_emulated_matches_oracle(seed, emulated, dtype, n_leads, t, d):
+    """The warp-level backward (dq phase, then dk/dv phase, fragments emulated lane by lane) against the
+    float64 oracle's gradients: L = 1 (no column part), T = 1 (one row key), L = 12 and 17, odd T, head dims
+    20-128 (one- and two-sweep key phases), on the forward's O and LSE."""
+    q, k, v = inputs(1, 1, n_leads, t, d, dtype)
+    result = parity(emulated_kernels(emulated, 227 * 1024), q, k, v, n_leads, torch.randn(1, 1, n_leads * t, d))
+    print(result)
+    assert result.ok, str(result)
+
+
 def test_cuda_forward_lse_is_the_natural_log_sum_exp(seed, emulated):
     """The forward's LSE (the backward's input): natural log of the sum over each query's CroPA keys."""
     n_leads, t, d = 4, 9, 32
@@ -392,8 +407,10 @@ def test_cuda_forward_lse_is_the_natural_log_sum_exp(seed, emulated):
 
 def test_a_broken_fragment_layout_fails_parity(seed, emulated):
     """The emulation checks the fragment layouts: with two lanes' ldmatrix registers swapped (the test
-    switch fragment_fault), the forward fails the oracle; restored, it passes."""
+    switch fragment_fault), the forward fails the oracle, and so does the backward alone (on a correct
+    forward's O and LSE: every gradient); restored, both pass."""
     q, k, v = inputs(1, 2, 8, 50, 48, torch.bfloat16)
+    g = torch.randn_like(q, dtype=torch.float32)
     kernels = emulated_kernels(emulated, 227 * 1024)
     emulated.fragment_fault(1)
     try:
@@ -402,6 +419,20 @@ def test_a_broken_fragment_layout_fails_parity(seed, emulated):
         emulated.fragment_fault(0)
     print(broken)
     assert not broken.ok and parity(kernels, q, k, v, 8).ok
+
+    def broken_backward(q, k, v, n_leads, grad_out):
+        out, lse = emulated.cropa_fwd(q, k, v, n_leads, q.shape[-1] ** -0.5, 227 * 1024)
+        emulated.fragment_fault(1)
+        try:
+            return out, emulated.cropa_bwd(grad_out.to(q.dtype), q, k, v, out, lse, n_leads, q.shape[-1] ** -0.5,
+                                           227 * 1024)
+        finally:
+            emulated.fragment_fault(0)
+
+    result = parity(broken_backward, q, k, v, 8, g)
+    print(result)
+    assert [c.ok for c in result.checks] == [True, False, False, False]
+    assert parity(kernels, q, k, v, 8, g).ok
 
 
 def test_cuda_refuses_float32(emulated):
@@ -420,7 +451,7 @@ def test_cuda_refuses_float32(emulated):
 @pytest.mark.parametrize("d", [16, 20, 48, 64, 128])
 def test_shared_memory_mirror_matches_the_kernels(emulated, dtype, n_leads, d):
     """The dispatcher's and the kernel report's shared-memory arithmetic and plans (ops/cropa/cuda.py
-    ``plan``: the forward's staging, the backward's lead groups) are the kernels' own (csrc ``attention_plan``)."""
+    ``plan``: the forward's and the backward's staging) are the kernels' own (csrc ``attention_plan``)."""
     from ecg_jepa.limits import SMEM_PER_CTA
     from ecg_jepa.ops.cropa.cuda import plan
 

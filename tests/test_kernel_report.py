@@ -91,12 +91,14 @@ def test_kernel_report_passes_its_check(tmp_path):
     rows = json.loads((tmp_path / "report.json").read_text())
     assert "| cropa_fwd_kernel |" in out and {r["arch"] for r in rows} == {80, 90}
     kernels = {r["kernel"] for r in rows}
-    assert {"cropa_fwd_kernel<__nv_bfloat16, 3>", "cropa_bwd_kernel<__half>", "patch_embed_fwd_kernel<__nv_bfloat16>",
+    assert {"cropa_fwd_kernel<__nv_bfloat16, 3>", "cropa_bwd_kernel<__half, 3>", "patch_embed_fwd_kernel<__nv_bfloat16>",
             "cropa_col_fwd_kernel", "cropa_col_bwd_kernel"} <= kernels
     for r in rows:
         assert r["spill_bytes"] == 0 and r["local_accesses"] == 0, r
         if r["kernel"].startswith("cropa_fwd_kernel<"):  # the CUDA forward: ldmatrix, 16-byte cp.async, mma
             assert r["ldsm"] > 0 and r["wide_side"].get("LDGSTS.E.128", 0) > 0 and r["threads"] in (256, 512), r
+        if r["kernel"].startswith("cropa_bwd_kernel<"):  # the CUDA backward: the same, 8 warps
+            assert r["ldsm"] > 0 and r["wide_side"].get("LDGSTS.E.128", 0) > 0 and r["threads"] == 256, r
         if r["needs_wide"]:
             assert r["narrowest_wide"] == 16, r
         if r["needs_tensor_cores"] or (r["kernel"].startswith("cropa_") and r["needs_wide"] and "delta" not in r["kernel"]):
