@@ -6,7 +6,8 @@ error may be 2x the error of the same-precision plain reference (the op's ``refe
 that dtype) plus one unit in the last place at the result's scale, at least 1 (the max-abs error of a 16-bit result is
 a noisy statistic; without the ULP term a few percent of correct bf16 runs fail). float32 results get at
 least ``FP32_RTOL`` of their scale: fp32 kernels sum in other orders and use the hardware's exp2, and an
-error of 2e-6 relative hides no bug worth catching (a 0.5 % error, or a key counted twice, still fails).
+error of 5e-6 relative hides no bug worth catching (a 0.5 % error, or a key counted twice, still fails; at
+2e-6, PyTorch's own CPU attention backward failed now and then on fresh inputs: dk 3.6e-6 at d=128, L12 T50).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-FP32_RTOL = 2e-6
+FP32_RTOL = 5e-6
 
 
 def tolerance(dtype: torch.dtype, base_err: float, scale: float) -> float:
